@@ -1,0 +1,128 @@
+"""Relevance collection: batched (pxp) vs one sample at a time (the reference code's loop).
+
+Prints images/s for both, their ratio, the Spearman rank correlation between the
+two score vectors (they must agree) and the peak memory of each run.
+
+    python bench/attribution_speed.py                       # digits ResNet-18 + resnet50@224
+    python bench/attribution_speed.py --models vit_b_16 --samples 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pxp.attribution import ScoringContext, compute_scores
+from pxp.components import find_layers, prepare_model
+from pxp.models import build_model, get_architecture
+from pxp.spec import AttributionSpec, ModelSpec
+
+
+def reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
+def reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+
+
+def timed_scores(
+    ctx: ScoringContext, spec: AttributionSpec, device: torch.device
+) -> tuple[float, dict, float]:
+    reset_memory(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    scores = compute_scores(ctx, spec)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, scores, peak_memory_mb(device)
+
+
+def bench_model(
+    name: str, samples: int, batch_size: int, device: torch.device, components: str | None
+) -> dict:
+    info = get_architecture(name)
+    kwargs = {"num_classes": 10} if not name.startswith("digits_") else {}
+    weights_note = "zoo-trained" if name.startswith("digits_") else "random weights"
+    loaded = build_model(ModelSpec(architecture=name, kwargs=kwargs))
+    prepared = prepare_model(loaded.model, info.family).to(device)
+    layers = find_layers(prepared, info.family, components)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(samples, info.input_channels, info.image_size, info.image_size, generator=gen).to(device)
+    y = torch.randint(0, loaded.num_classes, (samples,), generator=gen).to(device)
+    ctx = ScoringContext(prepared, info.family, layers, x, y)
+    compute_scores(ScoringContext(prepared, info.family, layers, x[:2], y[:2]), AttributionSpec(batch_size=2))
+    t_single, s_single, mem_single = timed_scores(ctx, AttributionSpec(criterion="lrp", batch_size=1), device)
+    t_batch, s_batch, mem_batch = timed_scores(
+        ctx, AttributionSpec(criterion="lrp", batch_size=batch_size), device
+    )
+    flat_single = np.concatenate([s_single[layer.name].numpy() for layer in layers])
+    flat_batch = np.concatenate([s_batch[layer.name].numpy() for layer in layers])
+    rho = float(spearmanr(flat_single, flat_batch).statistic)
+    return {
+        "model": f"{name} ({weights_note}, {info.image_size}px)",
+        "samples": samples,
+        "per_sample_ips": samples / t_single,
+        "batched_ips": samples / t_batch,
+        "ratio": t_single / t_batch,
+        "spearman": rho,
+        "peak_mb_single": mem_single,
+        "peak_mb_batched": mem_batch,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=["digits_resnet18", "resnet50"])
+    parser.add_argument("--samples", type=int, default=32, help="images scored (both ways)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--components", default=None, help="heads|neurons for ViTs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}")
+    header = (
+        "| model | images | per-sample img/s | batched img/s | speed-up | Spearman ρ | "
+        "peak MB (per-sample) | peak MB (batched) |"
+    )
+    print(header)
+    print("|" + "---|" * 8)
+    for name in args.models:
+        r = bench_model(name, args.samples, args.batch_size, device, args.components)
+        print(
+            f"| {r['model']} | {r['samples']} | {r['per_sample_ips']:.1f} | {r['batched_ips']:.1f} | "
+            f"{r['ratio']:.1f}× | {r['spearman']:.4f} | {r['peak_mb_single']:.0f} | {r['peak_mb_batched']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

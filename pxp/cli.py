@@ -1,0 +1,197 @@
+"""The ``pxp`` command line.
+
+``pxp compress`` runs a whole job locally with no server. The service commands
+(``serve``, ``submit``, ``status``, ``download``, ``keys``) talk to the gateway;
+they import nothing heavy until they run, so ``pxp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pxp.errors import PxpError, UserError
+from pxp.spec import CRITERIA, DEFAULT_RATES
+
+
+def _json_arg(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="run a compression job locally (no server)")
+    p.add_argument("--model", required=True, help="architecture name, e.g. digits_vgg, resnet50, vit_b_16")
+    p.add_argument("--model-kwargs", type=_json_arg, default={}, help="constructor kwargs as JSON")
+    p.add_argument(
+        "--weights", help="checkpoint (.safetensors or .pt state dict); zoo models default to the zoo"
+    )
+    p.add_argument(
+        "--data", default="digits", help="'digits', an ImageFolder dir, a .tar/.zip of one, or a tensor file"
+    )
+    p.add_argument("--image-size", type=int, help="resize images to this size (default: the architecture's)")
+    p.add_argument(
+        "--criterion",
+        action="append",
+        choices=[*CRITERIA, "all"],
+        help="criterion to score with (repeatable; 'all' = every criterion; the first one is exported)",
+    )
+    p.add_argument("--components", choices=["filters", "heads", "neurons", "fc2"])
+    p.add_argument("--samples-per-class", type=int, default=10, help="reference samples per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rates", help="comma-separated pruning rates (default 0,0.05,...,0.95)")
+    p.add_argument("--normalize-per-layer", action="store_true")
+    p.add_argument("--min-keep", type=int, default=1)
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--target-drop", type=float, default=0.01, help="export the safe rate for this accuracy drop"
+    )
+    rate.add_argument("--rate", type=float, help="export at this pruning rate")
+    p.add_argument("--search-trials", type=int, help="tune the LRP composite with this many Optuna trials")
+    p.add_argument("--search-timeout", type=float, help="wall-clock budget for the search, seconds")
+    p.add_argument("--study-storage", help="Optuna storage URL (default: SQLite file in --out)")
+    p.add_argument("--export", action="append", choices=["onnx", "torchscript"], default=[])
+    p.add_argument("--no-export", action="store_true", help="skip structural removal and export")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    from pxp.spec import (
+        AttributionSpec,
+        DataSpec,
+        ExportSpec,
+        JobSpec,
+        ModelSpec,
+        PruneSpec,
+        SearchSpec,
+        SplitSpec,
+    )
+
+    names = args.criterion or ["lrp"]
+    if "all" in names:
+        names = list(CRITERIA)
+    names = list(dict.fromkeys(names))
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else list(DEFAULT_RATES)
+    search = None
+    if args.search_trials is not None or args.search_timeout is not None:
+        search = SearchSpec(
+            trials=args.search_trials or 30,
+            timeout_s=args.search_timeout,
+            storage=args.study_storage,
+            seed=args.seed,
+        )
+    return JobSpec(
+        model=ModelSpec(architecture=args.model, kwargs=args.model_kwargs, weights=args.weights),
+        data=DataSpec(source=args.data, image_size=args.image_size),
+        criteria=[AttributionSpec(criterion=name, seed=args.seed) for name in names],
+        splits=SplitSpec(
+            reference_samples_per_class=args.samples_per_class,
+            seed=args.seed,
+            max_eval_samples=args.max_eval_samples,
+        ),
+        prune=PruneSpec(
+            components=args.components,
+            rates=rates,
+            normalize_per_layer=args.normalize_per_layer,
+            min_keep=args.min_keep,
+            max_accuracy_drop=args.target_drop,
+            rate=args.rate,
+        ),
+        search=search,
+        export=ExportSpec(enabled=not args.no_export, formats=["safetensors", *args.export]),
+        device=args.device,
+    )
+
+
+class ProgressBar:
+    """A tqdm bar on stderr driven by pipeline progress events."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+
+    def __call__(self, event: Any) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_description(event.stage[:24])
+        self.bar.set_postfix_str(event.message[:60])
+        self.bar.update(max(0, int(event.fraction * 1000) - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    try:
+        spec = build_spec(args)
+    except ValidationError as exc:
+        print(f"error: invalid job: {exc}", file=sys.stderr)
+        return 2
+    import optuna
+
+    from pxp import pipeline
+    from pxp.report import results_table
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    bar = ProgressBar(args.quiet)
+    try:
+        result = pipeline.run(spec, args.out, bar, study_storage=args.study_storage)
+    finally:
+        bar.close()
+    print(results_table(result))
+    print(f"\nchosen: {result.chosen_label} at rate {result.chosen_rate:.2f}")
+    if result.compression:
+        print(json.dumps(result.compression, indent=2))
+    for name, file in sorted(result.artifacts.items()):
+        print(f"{name:>14}: {args.out / file}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pxp.cli_service import PASSTHROUGH, add_service_commands, run_passthrough
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return run_passthrough(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(prog="pxp", description="Pruning by eXplaining: compress CNNs and ViTs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_compress(sub)
+    add_service_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args)) if hasattr(args, "handler") else cmd_compress(args)
+    except UserError as exc:
+        print(f"error: {exc.type_name}: {exc}", file=sys.stderr)
+        return 2
+    except PxpError as exc:
+        print(f"internal error: {exc.type_name}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from pxp.client import PxpApiError
+
+        if isinstance(exc, PxpApiError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The export stage of a job: remove the pruned components, verify, measure and write the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pxp.pruning.cost import count_cost, removed_fractions
+from pxp.pruning.curve import accuracy
+from pxp.pruning.export import export_compressed
+from pxp.pruning.removal import remove_pruned
+from pxp.spec import CurveResult
+
+if TYPE_CHECKING:
+    from pxp.pipeline import JobState
+
+VERIFY_SAMPLES = 64
+
+
+def export_job(
+    state: JobState,
+    label: str,
+    rate: float,
+    keep: dict[str, torch.Tensor],
+    out_dir: Path,
+    curves: list[CurveResult],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Physically remove what ``keep`` prunes, check it against masking, export it.
+
+    Returns the compression summary for the job result and the artifacts written.
+    The test accuracy reported is the *removed* model's own, measured here.
+    """
+    x_test, y_test = state.test
+    removal = remove_pruned(state.prepared, state.family, state.layers, keep, x_test[:VERIFY_SAMPLES])
+    input_shape = tuple(x_test.shape[1:])
+    before = count_cost(state.prepared, input_shape)
+    after = count_cost(removal.model, input_shape)
+    fractions = removed_fractions(before, after)
+    test_accuracy = accuracy(removal.model, x_test, y_test)
+    unpruned = next(c.unpruned_accuracy for c in curves if c.label == label)
+    summary: dict[str, Any] = {
+        "criterion": label,
+        "rate": rate,
+        "params_before": before.params,
+        "params_after": after.params,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
+        **fractions,
+        "components_removed": removal.removed_components,
+        "components_zeroed": removal.zeroed_components,
+        "unpruned_test_accuracy": unpruned,
+        "test_accuracy": test_accuracy,
+        "accuracy_drop": unpruned - test_accuracy,
+        "verification_max_abs_diff": removal.max_abs_diff,
+        "verification_tolerance": removal.tolerance,
+    }
+    chosen = next(c for c in curves if c.label == label and c.split == "test")
+    chosen.params_removed_fraction = fractions["params_removed_fraction"]
+    chosen.flops_removed_fraction = fractions["flops_removed_fraction"]
+    attribution = next(
+        (a.model_dump(mode="json") for a in state.spec.criteria if a.label == label),
+        {"criterion": label},
+    )
+    paths = export_compressed(
+        out_dir,
+        removal,
+        x_test[:VERIFY_SAMPLES].cpu(),
+        architecture=state.spec.model.architecture,
+        family=state.family,
+        kwargs=state.loaded.kwargs,
+        class_names=state.data.class_names,
+        attribution=attribution,
+        metrics=summary,
+        formats=state.spec.export.formats,
+        rate=rate,
+    )
+    return summary, {name: Path(path).name for name, path in paths.items()}

@@ -1,0 +1,58 @@
+"""The search stage of a job: glue between the pipeline's shared state and pxp.search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pxp.spec import AttributionSpec, CurveResult, SearchResult
+
+if TYPE_CHECKING:
+    from pxp.pipeline import JobState, _Reporter
+    from pxp.stages import StageStore
+
+
+def run_job_search(
+    state: JobState,
+    out_dir: Path,
+    store: StageStore,
+    report: _Reporter,
+    study_storage: str | None,
+) -> tuple[SearchResult, CurveResult, CurveResult, dict[str, str]]:
+    """Tune LRP on the search split, then measure the best and the default composite on the test split.
+
+    Returns the search record, the optimised and default test curves, and the artifacts written.
+    """
+    from pxp.pipeline import curve, score
+    from pxp.search import default_storage_url, run_search, search_result, write_search_artifacts
+
+    spec = state.spec
+    assert spec.search is not None
+    storage = study_storage or spec.search.storage or default_storage_url(out_dir)
+
+    def on_trial(done: int, total: int, value: float | None) -> None:
+        shown = "pruned" if value is None else f"A_PR {value:.4f}"
+        report("search", 1, message=f"trial {done}/{total}: {shown}", trial=done)
+
+    outcome = run_search(
+        model=state.prepared,
+        family=state.family,
+        layers=state.layers,
+        reference=state.reference,
+        search_split=state.search,
+        prune=spec.prune,
+        spec=spec.search,
+        storage=storage,
+        base=spec.criteria[0],
+        progress=on_trial,
+    )
+    artifacts = write_search_artifacts(outcome, out_dir)
+
+    def test_curve(label: str, attribution: AttributionSpec, normalize: bool) -> CurveResult:
+        order = state.order(score(state, attribution, store), normalize=normalize)
+        return curve(state, label, order, "test", store)
+
+    best = test_curve("lrp (optimised)", outcome.best, outcome.best_normalize_per_layer)
+    default = test_curve("lrp (default)", outcome.default, outcome.default_normalize_per_layer)
+    record = search_result(outcome, test_apr_best=best.apr, test_apr_default=default.apr)
+    return record, best, default, artifacts

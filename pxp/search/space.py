@@ -1,0 +1,201 @@
+"""The search space: which LRP composite, aggregation and normalisation one trial tries.
+
+Parameter names are stable (they are stored in the study and read back on resume):
+``rule_<group>`` ∈ {epsilon, gamma, alpha_beta, zplus} per depth group, with the
+conditional continuous parameter ``epsilon_<group>`` / ``gamma_<group>`` /
+``alpha_<group>`` on a log scale; ``softmax`` for ViTs; ``aggregation`` and
+``normalize_per_layer`` when the spec searches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast, get_args
+
+import optuna
+from torch import nn
+
+from pxp.components import Family
+from pxp.spec import (
+    _PARAM_RANGES,
+    CNN_GROUPS,
+    VIT_GROUPS,
+    Aggregation,
+    AttributionSpec,
+    CompositeSpec,
+    RuleName,
+    RuleSpec,
+    SoftmaxRule,
+)
+
+RULES: tuple[str, ...] = ("epsilon", "gamma", "alpha_beta", "zplus")
+SOFTMAX_RULES: tuple[str, ...] = get_args(SoftmaxRule)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+#: Name of the continuous parameter of each rule, as it appears in trial params.
+_PARAM_PREFIX = {"epsilon": "epsilon", "gamma": "gamma", "alpha_beta": "alpha"}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """What one trial evaluates: a composite, how relevance is aggregated, and how it is ranked."""
+
+    composite: CompositeSpec
+    aggregation: Aggregation
+    normalize_per_layer: bool
+
+    def key(self) -> str:
+        """A canonical string: equal configs give equal keys (used to memoise trials)."""
+        return f"{self.composite.model_dump_json()}|{self.aggregation}|{self.normalize_per_layer}"
+
+    def attribution(self, batch_size: int = 32, seed: int = 0) -> AttributionSpec:
+        return AttributionSpec.model_validate(
+            {
+                "criterion": "lrp",
+                "composite": self.composite,
+                "aggregation": self.aggregation,
+                "batch_size": batch_size,
+                "seed": seed,
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "composite": self.composite.model_dump(),
+            "aggregation": self.aggregation,
+            "normalize_per_layer": self.normalize_per_layer,
+        }
+
+
+def composite_groups(model: nn.Module, family: Family) -> tuple[str, ...]:
+    """The depth groups whose rule actually reaches a module of ``model``, in forward order.
+
+    A group with no module (a two-conv CNN has no ``high``) would only add a
+    dimension that cannot change the objective, so it is not searched.
+    """
+    if family == "cnn":
+        from pxp.components.cnn import cnn_module_groups
+
+        present = set(cnn_module_groups(model).values())
+        return tuple(g for g in CNN_GROUPS if g in present)
+    from pxp.components.vit import vit_module_groups
+
+    present = set(vit_module_groups(model).values())
+    return tuple(g for g in VIT_GROUPS if g in present)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The dimensions of one search; the fixed values stand in for dimensions not searched."""
+
+    family: Family
+    groups: tuple[str, ...]
+    search_aggregation: bool
+    search_normalization: bool
+    fixed_aggregation: Aggregation = "abs"
+    fixed_normalize: bool = False
+
+    @property
+    def search_softmax(self) -> bool:
+        return self.family == "vit"
+
+    def signature(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "groups": list(self.groups),
+            "rules": list(RULES),
+            "ranges": {k: list(v) for k, v in sorted(_PARAM_RANGES.items())},
+            "softmax": list(SOFTMAX_RULES) if self.search_softmax else None,
+            "aggregation": list(AGGREGATIONS) if self.search_aggregation else self.fixed_aggregation,
+            "normalize_per_layer": [False, True] if self.search_normalization else self.fixed_normalize,
+        }
+
+    def suggest(self, trial: optuna.Trial) -> TrialConfig:
+        rules: dict[str, RuleSpec] = {}
+        for group in self.groups:
+            name = cast(RuleName, trial.suggest_categorical(f"rule_{group}", RULES))
+            param = None
+            if name in _PARAM_PREFIX:
+                low, high = _PARAM_RANGES[name]
+                param = trial.suggest_float(f"{_PARAM_PREFIX[name]}_{group}", low, high, log=True)
+            rules[group] = RuleSpec(name=name, param=param)
+        extra: dict[str, Any] = {}
+        if self.search_softmax:
+            extra["softmax"] = trial.suggest_categorical("softmax", SOFTMAX_RULES)
+        composite = CompositeSpec(rules=rules, **extra)
+        aggregation = self.fixed_aggregation
+        if self.search_aggregation:
+            aggregation = cast(Aggregation, trial.suggest_categorical("aggregation", AGGREGATIONS))
+        normalize = self.fixed_normalize
+        if self.search_normalization:
+            normalize = trial.suggest_categorical("normalize_per_layer", (False, True))
+        return TrialConfig(composite, aggregation, normalize)
+
+    def params_of(self, config: TrialConfig) -> dict[str, Any]:
+        """Trial params that make :meth:`suggest` return ``config`` (for enqueueing known configs)."""
+        params: dict[str, Any] = {}
+        for group in self.groups:
+            rule = config.composite.rule_for(group)
+            params[f"rule_{group}"] = rule.name
+            if rule.name in _PARAM_PREFIX:
+                params[f"{_PARAM_PREFIX[rule.name]}_{group}"] = rule.param
+        if self.search_softmax:
+            params["softmax"] = config.composite.softmax
+        if self.search_aggregation:
+            params["aggregation"] = config.aggregation
+        if self.search_normalization:
+            params["normalize_per_layer"] = config.normalize_per_layer
+        return params
+
+    def config_from_params(self, params: Mapping[str, Any]) -> TrialConfig:
+        """Inverse of :meth:`params_of`, for reading a stored trial back."""
+        rules = {}
+        for group in self.groups:
+            name = params[f"rule_{group}"]
+            param = params.get(f"{_PARAM_PREFIX[name]}_{group}") if name in _PARAM_PREFIX else None
+            rules[group] = RuleSpec(name=name, param=param)
+        extra = {"softmax": params["softmax"]} if "softmax" in params else {}
+        composite = CompositeSpec(rules=rules, **extra)
+        return TrialConfig(
+            composite,
+            params.get("aggregation", self.fixed_aggregation),
+            bool(params.get("normalize_per_layer", self.fixed_normalize)),
+        )
+
+    def normalise(self, config: TrialConfig) -> TrialConfig:
+        """``config`` as this space can express it: groups not searched dropped, fixed dims applied."""
+        return self.config_from_params(self.params_of(config))
+
+
+def default_config(space: SearchSpace) -> TrialConfig:
+    """The 2024 paper's default: ε(1e-6) in every group, with the space's fixed aggregation and ranking."""
+    return space.normalise(TrialConfig(CompositeSpec(), space.fixed_aggregation, space.fixed_normalize))
+
+
+def literature_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
+    """Established composites tried right after the default, before the sampler explores.
+
+    - ``yeom2021``: α2β1 in every group, the rule of the original Pruning-by-Explaining paper;
+    - ``montavon2019``: γ(0.25) in the lower two groups, ε(0.25) above, ε(1e-6) at the
+      classifier, the layer-wise recipe of Montavon et al., "LRP: an overview" (2019).
+
+    The search can then only improve on each of them, and TPE starts from informed points.
+    """
+    groups = space.groups
+    alpha_beta = {g: RuleSpec(name="alpha_beta", param=2.0) for g in groups}
+    lower = [g for g in groups if g != "fc"][:2]
+    layered = {
+        g: RuleSpec(name="gamma", param=0.25)
+        if g in lower
+        else RuleSpec(name="epsilon", param=1e-6 if g == "fc" else 0.25)
+        for g in groups
+    }
+    return [
+        (
+            role,
+            space.normalise(
+                TrialConfig(CompositeSpec(rules=rules), space.fixed_aggregation, space.fixed_normalize)
+            ),
+        )
+        for role, rules in (("yeom2021", alpha_beta), ("montavon2019", layered))
+    ]

@@ -1,0 +1,253 @@
+"""Torch-free job specifications and results.
+
+These pydantic models are the contract between the CLI, the gateway, the
+worker and the pipeline. They import nothing heavy, so the gateway can
+validate a JobSpec without loading torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CriterionName = Literal["lrp", "gradient", "taylor", "integrated_gradients", "weight", "random"]
+CRITERIA: tuple[str, ...] = ("lrp", "gradient", "taylor", "integrated_gradients", "weight", "random")
+RuleName = Literal["epsilon", "gamma", "alpha_beta", "zplus"]
+ComponentKind = Literal["filters", "heads", "neurons", "fc2"]
+SoftmaxRule = Literal["attnlrp", "attnlrp_zplus", "cp_lrp"]
+Aggregation = Literal["abs", "signed"]
+
+#: Depth groups of a CNN composite, in forward order.
+CNN_GROUPS: tuple[str, ...] = ("low", "mid", "high", "fc")
+#: Depth groups of a ViT composite, in forward order.
+VIT_GROUPS: tuple[str, ...] = ("early", "middle", "late", "fc")
+
+DEFAULT_RATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
+
+_PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "epsilon": (1e-9, 1.0),
+    "gamma": (1e-3, 1.0),
+    "alpha_beta": (1.0, 3.0),
+}
+_DEFAULT_PARAMS: dict[str, float | None] = {
+    "epsilon": 1e-6,
+    "gamma": 0.25,
+    "alpha_beta": 2.0,
+    "zplus": None,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuleSpec(_Strict):
+    """One LRP rule. ``param`` is ε, γ or α (β = α − 1); z+ has none."""
+
+    name: RuleName = "epsilon"
+    param: float | None = None
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> RuleSpec:
+        if self.name == "zplus":
+            self.param = None
+            return self
+        if self.param is None:
+            self.param = _DEFAULT_PARAMS[self.name]
+        low, high = _PARAM_RANGES[self.name]
+        assert self.param is not None
+        if not (low <= self.param <= high):
+            raise ValueError(f"{self.name} parameter {self.param} outside [{low}, {high}]")
+        return self
+
+
+class CompositeSpec(_Strict):
+    """An LRP composite: a rule per depth group, plus ViT-only softmax handling.
+
+    Groups not named fall back to ε(1e-6), the 2024 paper's default for every group.
+    """
+
+    rules: dict[str, RuleSpec] = Field(default_factory=dict)
+    softmax: SoftmaxRule = "attnlrp"
+
+    def rule_for(self, group: str) -> RuleSpec:
+        return self.rules.get(group, RuleSpec())
+
+    @field_validator("rules")
+    @classmethod
+    def _known_groups(cls, value: dict[str, RuleSpec]) -> dict[str, RuleSpec]:
+        known = set(CNN_GROUPS) | set(VIT_GROUPS)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown composite group(s) {unknown}; known: {sorted(known)}")
+        return value
+
+
+class AttributionSpec(_Strict):
+    """Which criterion scores the components, and how."""
+
+    criterion: CriterionName = "lrp"
+    composite: CompositeSpec | None = None
+    aggregation: Aggregation = "abs"
+    ig_steps: int = Field(20, ge=2, le=512)
+    batch_size: int = Field(32, ge=1, le=4096)
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.criterion
+
+    def effective_composite(self) -> CompositeSpec:
+        return self.composite or CompositeSpec()
+
+
+class ModelSpec(_Strict):
+    """An architecture by registry name, its constructor kwargs and a checkpoint path."""
+
+    architecture: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+
+
+class DataSpec(_Strict):
+    """Labelled data: ``digits`` (bundled) or a path to an ImageFolder dir/archive or tensor file.
+
+    ``image_size``, ``mean`` and ``std`` default to the architecture's preprocessing.
+    """
+
+    source: str = "digits"
+    image_size: int | None = Field(None, ge=8, le=1024)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+class SplitSpec(_Strict):
+    """Seeded, class-balanced, disjoint reference / search / test splits."""
+
+    reference_samples_per_class: int = Field(10, ge=1, le=10_000)
+    search_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    max_eval_samples: int | None = Field(None, ge=10)
+    seed: int = 0
+
+
+class PruneSpec(_Strict):
+    components: ComponentKind | None = None
+    rates: list[float] = Field(default_factory=lambda: list(DEFAULT_RATES))
+    normalize_per_layer: bool = False
+    min_keep: int = Field(1, ge=1)
+    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
+    exclude: list[str] = Field(default_factory=list)
+    rate: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @field_validator("rates")
+    @classmethod
+    def _check_rates(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("rates must not be empty")
+        if any(not (0.0 <= r < 1.0) for r in value):
+            raise ValueError("every rate must be in [0, 1)")
+        rates = sorted(set(value))
+        if rates[0] != 0.0:
+            rates.insert(0, 0.0)
+        return rates
+
+
+class SearchSpec(_Strict):
+    trials: int = Field(30, ge=1, le=10_000)
+    timeout_s: float | None = Field(None, gt=0)
+    sampler: Literal["tpe", "random"] = "tpe"
+    median_pruning: bool = False
+    storage: str | None = None
+    study_name: str | None = None
+    seed: int = 0
+    search_aggregation: bool = True
+    search_normalization: bool = True
+
+
+ExportFormat = Literal["safetensors", "onnx", "torchscript"]
+
+
+def _default_formats() -> list[ExportFormat]:
+    return ["safetensors"]
+
+
+class ExportSpec(_Strict):
+    formats: list[ExportFormat] = Field(default_factory=_default_formats)
+    enabled: bool = True
+
+
+class JobSpec(_Strict):
+    """A whole compression job."""
+
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    criteria: list[AttributionSpec] = Field(default_factory=lambda: [AttributionSpec()])
+    splits: SplitSpec = Field(default_factory=SplitSpec)
+    prune: PruneSpec = Field(default_factory=PruneSpec)
+    search: SearchSpec | None = None
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    device: str = "auto"
+
+    @field_validator("criteria")
+    @classmethod
+    def _non_empty(cls, value: list[AttributionSpec]) -> list[AttributionSpec]:
+        if not value:
+            raise ValueError("at least one criterion is required")
+        return value
+
+    @model_validator(mode="after")
+    def _search_needs_lrp(self) -> JobSpec:
+        if self.search is not None and self.criteria[0].criterion != "lrp":
+            raise ValueError("search tunes LRP: the first criterion must be 'lrp'")
+        return self
+
+
+class ProgressEvent(BaseModel):
+    stage: str
+    fraction: float = Field(ge=0.0, le=1.0)
+    message: str = ""
+    trial: int | None = None
+
+
+class CurveResult(BaseModel):
+    """One criterion's accuracy-vs-rate curve on one split."""
+
+    label: str
+    split: Literal["search", "test"] = "test"
+    components: ComponentKind
+    rates: list[float]
+    accuracies: list[float]
+    unpruned_accuracy: float
+    apr: float
+    safe_rate: float
+    kept_per_layer: dict[str, int] = Field(default_factory=dict)
+    params_removed_fraction: float | None = None
+    flops_removed_fraction: float | None = None
+
+
+class SearchResult(BaseModel):
+    best_composite: CompositeSpec
+    best_aggregation: Aggregation
+    best_normalize_per_layer: bool
+    search_apr_best: float
+    search_apr_default: float
+    test_apr_best: float
+    test_apr_default: float
+    trials_completed: int
+    study_name: str
+    storage: str
+
+
+class JobResult(BaseModel):
+    architecture: str
+    family: Literal["cnn", "vit"]
+    num_classes: int
+    class_names: list[str]
+    split_sizes: dict[str, int]
+    curves: list[CurveResult]
+    chosen_label: str
+    chosen_rate: float
+    search: SearchResult | None = None
+    compression: dict[str, Any] | None = None
+    artifacts: dict[str, str] = Field(default_factory=dict)

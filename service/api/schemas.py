@@ -1,0 +1,168 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.db.models import Artifact, DatasetObject, Job, ModelObject
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="Machine-readable error code, e.g. 'invalid_model'.")
+    detail: str = Field(description="Human-readable explanation.")
+
+
+class ModelOut(BaseModel):  # type: ignore[no-redef]  # pydantic mypy plugin trips on a field named kwargs
+    id: str
+    architecture: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    uri: str | None
+    sha256: str | None
+    size_bytes: int | None
+    format: str | None
+    filename: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: ModelObject) -> ModelOut:
+        return cls(
+            id=row.id,
+            architecture=row.architecture,
+            kwargs=row.kwargs or {},
+            uri=row.uri,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            format=row.format,
+            filename=row.filename,
+            created_at=row.created_at,
+        )
+
+
+class DatasetOut(BaseModel):
+    id: str
+    uri: str | None
+    sha256: str | None
+    size_bytes: int | None
+    format: str | None
+    filename: str | None
+    class_names: list[str] | None
+    num_files: int | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: DatasetObject) -> DatasetOut:
+        return cls(
+            id=row.id,
+            uri=row.uri,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            format=row.format,
+            filename=row.filename,
+            class_names=row.class_names,
+            num_files=row.num_files,
+            created_at=row.created_at,
+        )
+
+
+class JobCreate(BaseModel):
+    """A job. ``spec`` is a :class:`pxp.spec.JobSpec`; its ``model.weights`` may be
+    ``model:<id>`` or an allowed URI and ``data.source`` ``digits``, ``dataset:<id>`` or an
+    allowed URI. ``model_id`` / ``dataset_id`` are shortcuts that fill those fields (and the
+    architecture and kwargs from the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: dict[str, Any] = Field(default_factory=dict)
+    model_id: str | None = None
+    dataset_id: str | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+    kind: Literal["user", "internal"] = "internal"
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    stage: str | None
+    progress: float
+    message: str
+    trial: int | None
+    cancel_requested: bool
+    attempts: int
+    model_id: str | None
+    dataset_id: str | None
+    metrics: dict[str, Any] | None
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    spec: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, row: Job, *, full: bool = True) -> JobOut:
+        return cls(
+            id=row.id,
+            status=row.status,  # type: ignore[arg-type]
+            stage=row.stage,
+            progress=row.progress,
+            message=row.message,
+            trial=row.trial,
+            cancel_requested=row.cancel_requested,
+            attempts=row.attempts,
+            model_id=row.model_id,
+            dataset_id=row.dataset_id,
+            metrics=row.metrics,
+            error=JobError(**row.error) if row.error else None,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            updated_at=row.updated_at,
+            spec=row.spec if full else None,
+            result=row.result if full else None,
+        )
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= to get the next page; null at the end."
+    )
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    filename: str
+    sha256: str
+    size_bytes: int
+    content_type: str
+    url: str
+
+    @classmethod
+    def of(cls, row: Artifact) -> ArtifactOut:
+        return cls(
+            name=row.name,
+            filename=row.filename,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            content_type=row.content_type,
+            url=f"/v1/jobs/{row.job_id}/artifacts/{row.name}",
+        )
+
+
+#: OpenAPI documentation of the error responses routes can return.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 422)
+}

@@ -1,0 +1,1 @@
+"""Persistence: ORM models, sessions, the repository layer and migrations."""

@@ -1,0 +1,155 @@
+"""execute_job in-process, on the embedded stack (SQLite + local directory): claims,
+ownership guards, error payloads and the per-job work directory."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+
+from pxp.errors import InvalidDataError
+from service.db import repo
+from service.db.migrate import upgrade
+from service.db.session import make_session_factory
+from service.db.types import utcnow
+from service.dispatch import EmbeddedDispatcher
+from service.settings import Settings
+from service.storage import LocalStorage, put_blob
+from tests.service.payloads import safetensors_bytes
+from tests.worker import scripted_pipeline
+from worker.jobbody import WorkerContext, error_payload, execute_job
+from worker.progress import JobLostError
+
+
+@pytest.fixture
+def ctx(tmp_path) -> WorkerContext:
+    settings = Settings(data_dir=tmp_path / "pxp", progress_min_interval_s=0, heartbeat_interval_s=0.2)
+    settings.data_dir.mkdir()
+    upgrade(settings.db_url)
+    return WorkerContext(
+        settings=settings,
+        session_factory=make_session_factory(settings),
+        storage=LocalStorage(settings.artifact_dir),
+        dispatcher=EmbeddedDispatcher(),
+    )
+
+
+def _job(ctx, script="succeed", **kw) -> str:
+    with ctx.session_factory() as s:
+        tenant = repo.get_or_create_tenant(s, "t")
+        spec = {"model": {"architecture": "digits_vgg", "kwargs": {"script": script, **kw}}}
+        job = repo.create_job(
+            s, tenant.id, spec, model_id=None, dataset_id=None, idempotency_key=None, request_hash=None
+        )
+        s.commit()
+        return job.id
+
+
+def _load(ctx, job_id):
+    with ctx.session_factory() as s:
+        return repo.load_job(s, job_id)
+
+
+def test_success_on_sqlite_and_local_storage(ctx):
+    job_id = _job(ctx)
+    assert execute_job(job_id, ctx, pipeline=scripted_pipeline.run) == "succeeded"
+    job = _load(ctx, job_id)
+    assert job.status == "succeeded" and job.progress == 1.0 and job.seq > 3
+    with ctx.session_factory() as s:
+        arts = repo.list_artifacts(s, job_id)
+    assert {a.name for a in arts} == {"model.safetensors", "results.json"}
+    assert all(ctx.storage.exists(a.storage_key) and a.storage_key.endswith(a.sha256) for a in arts)
+    assert not (ctx.settings.jobs_dir / job_id).exists(), "the work directory is removed after a finished job"
+    # A duplicate delivery of the same task does nothing.
+    assert execute_job(job_id, ctx, pipeline=scripted_pipeline.run) is None
+    assert _load(ctx, job_id).attempts == 1
+
+
+def test_cancelled_queued_job_is_not_run(ctx):
+    job_id = _job(ctx)
+    with ctx.session_factory() as s:
+        repo.request_cancel(s, repo.load_job(s, job_id))
+        s.commit()
+    assert execute_job(job_id, ctx, pipeline=scripted_pipeline.run) is None
+    assert _load(ctx, job_id).status == "cancelled"
+
+
+def test_worker_that_lost_its_job_does_not_overwrite_the_new_attempt(ctx):
+    job_id = _job(ctx)
+
+    def hijacked(spec, out_dir, progress, *, study_storage=None):
+        with ctx.session_factory() as s:
+            assert repo.requeue_job(s, job_id, "first", utcnow() + timedelta(seconds=1))
+            s.commit()
+        with ctx.session_factory() as s:
+            assert repo.claim_job(s, job_id, "other-worker", utcnow())
+        return scripted_pipeline.run(spec, out_dir, progress, study_storage=study_storage)
+
+    assert execute_job(job_id, ctx, worker="first", pipeline=hijacked) is None
+    job = _load(ctx, job_id)
+    assert job.status == "running" and job.worker == "other-worker"
+
+
+def test_soft_time_limit_fails_the_job(ctx):
+    ctx.settings = ctx.settings.model_copy(update={"job_soft_time_limit_s": 1})
+    job_id = _job(ctx, steps=30, delay=0.1)
+    assert execute_job(job_id, ctx, pipeline=scripted_pipeline.run) == "failed"
+    error = _load(ctx, job_id).error
+    assert error["type"] == "JobTimeoutError" and error["kind"] == "internal"
+
+
+def test_missing_dataset_reference_is_a_user_error(ctx):
+    with ctx.session_factory() as s:
+        tenant = repo.get_or_create_tenant(s, "t")
+        spec = {"model": {"architecture": "digits_vgg"}, "data": {"source": "dataset:does-not-exist"}}
+        job = repo.create_job(
+            s, tenant.id, spec, model_id=None, dataset_id=None, idempotency_key=None, request_hash=None
+        )
+        s.commit()
+    assert execute_job(job.id, ctx, pipeline=scripted_pipeline.run) == "failed"
+    assert _load(ctx, job.id).error["kind"] == "user"
+
+
+def test_error_payload_kinds():
+    assert error_payload(InvalidDataError("one class")) == {
+        "type": "InvalidDataError",
+        "message": "one class",
+        "kind": "user",
+    }
+    assert error_payload(KeyError("x"))["kind"] == "internal"
+    assert error_payload(JobLostError("gone"))["type"] == "JobLostError"
+
+
+def test_checkpoint_that_does_not_fit_fails_as_user_error_in_the_real_pipeline(ctx, tmp_path):
+    """The check the gateway cannot do without torch: the worker reports it on the job."""
+    pytest.importorskip("torch")
+    path = tmp_path / "wrong.safetensors"
+    path.write_bytes(safetensors_bytes())
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = put_blob(ctx.storage, path, sha)
+    with ctx.session_factory() as s:
+        tenant = repo.get_or_create_tenant(s, "t")
+        model = repo.add_model(
+            s,
+            tenant.id,
+            architecture="digits_vgg",
+            kwargs={},
+            storage_key=key,
+            sha256=sha,
+            format="safetensors",
+        )
+        spec = {
+            "model": {"architecture": "digits_vgg", "weights": f"model:{model.id}"},
+            "criteria": [{"criterion": "weight"}],
+        }
+        job = repo.create_job(
+            s, tenant.id, spec, model_id=model.id, dataset_id=None, idempotency_key=None, request_hash=None
+        )
+        s.commit()
+    assert execute_job(job.id, ctx) == "failed"
+    loaded = _load(ctx, job.id)
+    assert loaded.error["type"] == "InvalidModelError" and loaded.error["kind"] == "user"
+    assert "features.0.weight" in loaded.error["message"] or "missing" in loaded.error["message"]
+    with ctx.session_factory() as s:
+        assert repo.list_artifacts(s, job.id) == []

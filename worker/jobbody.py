@@ -1,0 +1,226 @@
+"""The job body, shared by the Celery task and the embedded worker.
+
+claim -> fetch inputs -> ``pxp.pipeline.run`` (progress to the row, cancel between
+stages/trials) -> upload artifacts under content-addressed keys -> record the outcome.
+Outcomes: ``succeeded`` with result, metrics and artifacts; ``cancelled``; ``failed``
+with ``error = {type, message, kind}``, where ``kind`` is ``user`` for
+:class:`pxp.errors.UserError` (bad checkpoint, bad data, bad spec; not retried) and
+``internal`` for anything else.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import mimetypes
+import os
+import shutil
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pxp.errors import JobCancelledError, UserError
+from pxp.spec import JobResult
+from service.db import repo
+from service.db.session import SessionFactory, make_session_factory
+from service.db.types import utcnow
+from service.dispatch import Dispatcher, make_dispatcher
+from service.settings import Settings
+from service.storage import Storage, make_storage, put_blob
+from worker.inputs import materialise, sha256_file
+from worker.progress import JobLostError, JobReporter, JobTimeoutError
+
+log = logging.getLogger("pxp.worker")
+
+Pipeline = Callable[..., JobResult]
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    session_factory: SessionFactory
+    storage: Storage
+    dispatcher: Dispatcher
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> WorkerContext:
+        return cls(
+            settings=settings,
+            session_factory=kwargs.get("session_factory") or make_session_factory(settings),
+            storage=kwargs.get("storage") or make_storage(settings),
+            dispatcher=kwargs.get("dispatcher") or make_dispatcher(settings),
+        )
+
+
+def load_pipeline(dotted: str) -> Pipeline:
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def worker_id(label: str = "") -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{label or uuid.uuid4().hex[:8]}"
+
+
+def error_payload(exc: BaseException) -> dict[str, str]:
+    """``{type, message, kind}`` for the job row; internal messages are kept short."""
+    kind = "user" if isinstance(exc, UserError) else "internal"
+    message = str(exc).strip() or type(exc).__name__
+    return {"type": type(exc).__name__, "message": message[:2000], "kind": kind}
+
+
+def summarise(result: JobResult) -> dict[str, Any]:
+    """Headline numbers of a result for job listings (the full result is stored too).
+
+    Accuracies are on the test split; ``test_accuracy`` is the exported (physically
+    pruned) model's own, when the job exported one.
+    """
+    metrics: dict[str, Any] = {"chosen_label": result.chosen_label, "chosen_rate": result.chosen_rate}
+    tests = [c for c in result.curves if c.split == "test"]
+    chosen = next((c for c in tests if c.label == result.chosen_label), tests[0] if tests else None)
+    if chosen is not None:
+        metrics.update(
+            test_apr=chosen.apr,
+            unpruned_accuracy=chosen.unpruned_accuracy,
+            safe_rate=chosen.safe_rate,
+            params_removed_fraction=chosen.params_removed_fraction,
+            flops_removed_fraction=chosen.flops_removed_fraction,
+        )
+        if result.chosen_rate in chosen.rates:
+            metrics["accuracy_at_chosen_rate"] = chosen.accuracies[chosen.rates.index(result.chosen_rate)]
+    compression = result.compression or {}
+    for key in ("test_accuracy", "params_removed_fraction", "flops_removed_fraction"):
+        if compression.get(key) is not None:
+            metrics[key] = compression[key]
+    if result.search is not None:
+        metrics.update(
+            search_test_apr_best=result.search.test_apr_best, trials=result.search.trials_completed
+        )
+    return metrics
+
+
+def _content_type(name: str) -> str:
+    if name.endswith(".safetensors"):
+        return "application/octet-stream"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _upload_artifacts(ctx: WorkerContext, result: JobResult, out: Path) -> list[dict[str, Any]]:
+    uploaded = []
+    root = out.resolve()
+    for name, rel in sorted(result.artifacts.items()):
+        path = (out / rel).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise RuntimeError(f"artifact {name!r} -> {rel!r} is not a file inside the output directory")
+        sha = sha256_file(path)
+        content_type = _content_type(path.name)
+        key = put_blob(ctx.storage, path, sha, content_type)
+        uploaded.append(
+            dict(
+                name=name,
+                filename=path.name,
+                storage_key=key,
+                sha256=sha,
+                size_bytes=path.stat().st_size,
+                content_type=content_type,
+            )
+        )
+    return uploaded
+
+
+def _finish(ctx: WorkerContext, job_id: str, worker: str, status: str, **fields: Any) -> bool:
+    artifacts = fields.pop("artifacts", [])
+    with ctx.session_factory() as s:
+        for art in artifacts:
+            repo.put_artifact(s, job_id, **art)
+        if repo.finish_job(s, job_id, worker, status, **fields):
+            s.commit()
+            return True
+        s.rollback()
+        log.warning("job %s: not finishing as %s, %s no longer owns it", job_id, status, worker)
+        return False
+
+
+def execute_job(
+    job_id: str, ctx: WorkerContext, *, worker: str | None = None, pipeline: Pipeline | None = None
+) -> str | None:
+    """Run one job to a terminal state; return it, or ``None`` if the job was not ours to run."""
+    settings = ctx.settings
+    worker = worker or worker_id()
+    stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
+    with ctx.session_factory() as s:
+        claimed = repo.claim_job(s, job_id, worker, stale_before)
+    try:
+        ctx.dispatcher.forget(job_id)
+    except Exception:
+        log.warning("could not clear the enqueue marker of job %s", job_id, exc_info=True)
+    if not claimed:
+        log.info("job %s not claimable (finished, cancelled or owned elsewhere)", job_id)
+        return None
+
+    workdir = settings.jobs_dir / job_id
+    reporter = JobReporter(
+        ctx.session_factory,
+        job_id,
+        worker,
+        min_interval_s=settings.progress_min_interval_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        time_limit_s=settings.job_soft_time_limit_s,
+    )
+    status: str | None
+    try:
+        with reporter:
+            reporter.report("fetching inputs", 0.0)
+            with ctx.session_factory() as s:
+                job = repo.load_job(s, job_id)
+                assert job is not None
+                spec = materialise(s, job, ctx.storage, settings, workdir / "inputs")
+            reporter.check()
+            run = pipeline or load_pipeline(settings.pipeline)
+            result = run(spec, workdir / "out", reporter, study_storage=settings.optuna_url)
+            reporter.report("uploading artifacts", 1.0)
+            artifacts = _upload_artifacts(ctx, result, workdir / "out")
+            status = "succeeded"
+            done = _finish(
+                ctx,
+                job_id,
+                worker,
+                status,
+                result=result.model_dump(mode="json"),
+                metrics=summarise(result),
+                artifacts=artifacts,
+            )
+    except JobLostError:
+        log.warning("job %s was handed to another worker; stopping", job_id)
+        return None
+    except JobCancelledError:
+        status = "cancelled"
+        done = _finish(ctx, job_id, worker, status)
+    except UserError as exc:
+        status = "failed"
+        done = _finish(ctx, job_id, worker, status, error=error_payload(exc))
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        if not isinstance(exc, JobTimeoutError) and type(exc).__name__ == "SoftTimeLimitExceeded":
+            exc = JobTimeoutError(f"job exceeded its time limit of {settings.job_soft_time_limit_s} s")
+        log.exception("job %s failed", job_id)
+        status = "failed"
+        done = _finish(ctx, job_id, worker, status, error=error_payload(exc))
+    if done:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _release_memory()
+    return status if done else None
+
+
+def _release_memory() -> None:
+    """Give back what the job held; the process lives on for the next job."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,23 @@
+"""Celery tasks. The message carries only the job id; the row holds everything else."""
+
+from __future__ import annotations
+
+from worker.celery_app import app
+from worker.jobbody import WorkerContext, execute_job, worker_id
+
+_ctx: WorkerContext | None = None
+
+
+def _context() -> WorkerContext:
+    """One context per worker child process (engines must not cross a fork)."""
+    global _ctx
+    if _ctx is None:
+        from service.settings import get_settings
+
+        _ctx = WorkerContext.from_settings(get_settings())
+    return _ctx
+
+
+@app.task(name="pxp.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self, job_id: str) -> str | None:  # type: ignore[no-untyped-def]
+    return execute_job(job_id, _context(), worker=worker_id((self.request.id or "")[:8]))
