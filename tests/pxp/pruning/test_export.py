@@ -87,6 +87,25 @@ def test_save_load_compressed_gives_the_same_logits(tmp_path: Path, name: str) -
     )
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_plain_pytorch_can_run_a_compressed_cnn_without_pxp(tmp_path: Path, name: str) -> None:
+    """The README's snippet: the unpruned class + ``functional_call`` with the exported tensors.
+
+    Conv, Linear and BatchNorm read their sizes from their tensors, so a CNN runs from
+    ``model.safetensors`` alone; nothing from pxp is needed at load time.
+    """
+    from safetensors.torch import load_file
+    from torch.func import functional_call
+
+    result, paths, _ = export(tmp_path, name)
+    manifest = json.loads(paths["manifest"].read_text())
+    model = instantiate(get_architecture(manifest["architecture"]), manifest["kwargs"]).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        got = functional_call(model, load_file(paths["weights"]), (x,))
+        assert torch.allclose(got, result.model(x), atol=1e-5)
+
+
 def test_manifest_records_the_plan_and_provenance(tmp_path: Path) -> None:
     result, paths, _ = export(tmp_path, "digits_vgg")
     manifest = read_manifest(tmp_path / "compressed")
