@@ -1,7 +1,13 @@
 """Relevance collection: batched (pxp) vs one sample at a time (the reference code's loop).
 
 Prints images/s for both, their ratio, the Spearman rank correlation between the
-two score vectors (they must agree) and the peak memory of each run.
+two score vectors (they must agree), the peak memory of each run, and the LRP
+overhead: the batched LRP pass's time over a plain forward + backward of the
+user's (unprepared) model on the same batches.
+
+Models with random weights get a random classification head where the
+architecture initialises it to zeros (torchvision's ViT does): with a zero head
+every logit and every relevance is zero, and the rank comparison would be vacuous.
 
     python bench/attribution_speed.py                       # digits ResNet-18 + resnet50@224
     python bench/attribution_speed.py --models vit_b_16 --samples 16
@@ -64,6 +70,28 @@ def timed_scores(
     return time.perf_counter() - start, scores, peak_memory_mb(device)
 
 
+def randomize_zero_linears(model: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.02)
+
+
+def plain_forward_backward_s(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
+) -> float:
+    """Seconds for forward + backward of the target logits w.r.t. the input, batch by batch."""
+    model.eval()
+    start = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].clone().requires_grad_(True)
+        model(xb).gather(1, y[i : i + batch_size, None]).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def bench_model(
     name: str, samples: int, batch_size: int, device: torch.device, components: str | None
 ) -> dict:
@@ -71,6 +99,8 @@ def bench_model(
     kwargs = {"num_classes": 10} if not name.startswith("digits_") else {}
     weights_note = "zoo-trained" if name.startswith("digits_") else "random weights"
     loaded = build_model(ModelSpec(architecture=name, kwargs=kwargs))
+    if not name.startswith("digits_"):
+        randomize_zero_linears(loaded.model)
     prepared = prepare_model(loaded.model, info.family).to(device)
     layers = find_layers(prepared, info.family, components)
     gen = torch.Generator().manual_seed(0)
@@ -82,6 +112,9 @@ def bench_model(
     t_batch, s_batch, mem_batch = timed_scores(
         ctx, AttributionSpec(criterion="lrp", batch_size=batch_size), device
     )
+    original = loaded.model.to(device)
+    plain_forward_backward_s(original, x[:2], y[:2], 2, device)
+    t_plain = plain_forward_backward_s(original, x, y, batch_size, device)
     flat_single = np.concatenate([s_single[layer.name].numpy() for layer in layers])
     flat_batch = np.concatenate([s_batch[layer.name].numpy() for layer in layers])
     rho = float(spearmanr(flat_single, flat_batch).statistic)
@@ -94,6 +127,7 @@ def bench_model(
         "spearman": rho,
         "peak_mb_single": mem_single,
         "peak_mb_batched": mem_batch,
+        "lrp_overhead": t_batch / t_plain,
     }
 
 
@@ -111,15 +145,16 @@ def main() -> None:
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     header = (
         "| model | images | per-sample img/s | batched img/s | speed-up | Spearman ρ | "
-        "peak MB (per-sample) | peak MB (batched) |"
+        "peak MB (per-sample) | peak MB (batched) | LRP / plain fwd+bwd |"
     )
     print(header)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for name in args.models:
         r = bench_model(name, args.samples, args.batch_size, device, args.components)
         print(
             f"| {r['model']} | {r['samples']} | {r['per_sample_ips']:.1f} | {r['batched_ips']:.1f} | "
-            f"{r['ratio']:.1f}× | {r['spearman']:.4f} | {r['peak_mb_single']:.0f} | {r['peak_mb_batched']:.0f} |",
+            f"{r['ratio']:.1f}× | {r['spearman']:.4f} | {r['peak_mb_single']:.0f} | {r['peak_mb_batched']:.0f} | "
+            f"{r['lrp_overhead']:.2f}× |",
             flush=True,
         )
 
