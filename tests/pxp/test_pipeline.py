@@ -161,3 +161,44 @@ def test_exported_checkpoint_reloads_with_the_reported_accuracy(tmp_path: Path) 
     assert result.compression["test_accuracy"] == pytest.approx(
         result.curves[0].accuracies[RATES.index(0.25)]
     )
+
+
+@pytest.mark.parametrize("components", ["heads", "neurons"])
+def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components: str) -> None:
+    from pxp.models.compressed import load_compressed
+
+    kwargs = {**TINY_KWARGS["digits_vit"], "num_heads": 4}
+    code = main(
+        [
+            "compress",
+            "--model",
+            "digits_vit",
+            "--model-kwargs",
+            json.dumps(kwargs),
+            "--components",
+            components,
+            "--rates",
+            "0,0.25,0.5",
+            "--rate",
+            "0.5",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    compression = results["compression"]
+    assert compression["params_after"] < compression["params_before"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["modules"], "nothing was physically removed"
+
+    model = load_compressed(tmp_path)
+    assert sum(p.numel() for p in model.parameters()) == compression["params_after"]
+    spec = JobSpec(
+        model=ModelSpec(architecture="digits_vit", kwargs=kwargs),
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=[0.0, 0.25, 0.5], components=components, rate=0.5),  # type: ignore[arg-type]
+    )
+    x, y = pipeline.build_state(spec, pipeline._Reporter(None, 1)).test
+    assert accuracy(model, x, y) == pytest.approx(compression["test_accuracy"])
