@@ -102,7 +102,7 @@ def test_plain_pytorch_can_run_a_compressed_cnn_without_pxp(tmp_path: Path, name
     model = instantiate(get_architecture(manifest["architecture"]), manifest["kwargs"]).eval()
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
-        got = functional_call(model, load_file(paths["weights"]), (x,))
+        got = functional_call(model, load_file(paths["weights"]), (x,), strict=True)
         assert torch.allclose(got, result.model(x), atol=1e-5)
 
 
