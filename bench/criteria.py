@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pxp.pipeline import _Reporter, build_state, curve, score
+from pxp.pipeline import build_state, curve, score, silent
 from pxp.spec import CRITERIA, AttributionSpec, JobSpec, ModelSpec, PruneSpec, SplitSpec
 from pxp.stages import StageStore
 
@@ -33,7 +33,7 @@ def run_model(model: str, components: str | None, seeds: list[int], criteria: li
         )
         with tempfile.TemporaryDirectory() as tmp:
             store = StageStore(Path(tmp))
-            state = build_state(spec, _Reporter(None, 1))
+            state = build_state(spec, silent())
             for criterion in criteria:
                 attribution = AttributionSpec(criterion=criterion, seed=seed)
                 order = state.order(score(state, attribution, store))

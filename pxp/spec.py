@@ -7,12 +7,14 @@ validate a JobSpec without loading torch.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CriterionName = Literal["lrp", "gradient", "taylor", "integrated_gradients", "weight", "random"]
-CRITERIA: tuple[str, ...] = ("lrp", "gradient", "taylor", "integrated_gradients", "weight", "random")
+#: Every criterion name, in the order the CLI's ``--criterion all`` runs them.
+CRITERIA: tuple[CriterionName, ...] = get_args(CriterionName)
+Family = Literal["cnn", "vit"]
 RuleName = Literal["epsilon", "gamma", "alpha_beta", "zplus"]
 ComponentKind = Literal["filters", "heads", "neurons", "fc2"]
 SoftmaxRule = Literal["attnlrp", "attnlrp_zplus", "cp_lrp"]
@@ -241,7 +243,7 @@ class SearchResult(BaseModel):
 
 class JobResult(BaseModel):
     architecture: str
-    family: Literal["cnn", "vit"]
+    family: Family
     num_classes: int
     class_names: list[str]
     split_sizes: dict[str, int]

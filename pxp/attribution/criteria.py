@@ -14,7 +14,7 @@ from torch import nn
 from pxp.attribution.engine import Signal, collect, collect_integrated_gradients
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidSpecError
-from pxp.spec import AttributionSpec
+from pxp.spec import AttributionSpec, CriterionName
 
 Scores = dict[str, torch.Tensor]
 
@@ -29,10 +29,11 @@ class ScoringContext:
 
 
 Criterion = Callable[[ScoringContext, AttributionSpec], Scores]
+#: The implementations, keyed by the names in :data:`pxp.spec.CRITERIA` (the one list of names).
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register(name: str) -> Callable[[Criterion], Criterion]:
+def register(name: CriterionName) -> Callable[[Criterion], Criterion]:
     def decorator(fn: Criterion) -> Criterion:
         CRITERIA[name] = fn
         return fn

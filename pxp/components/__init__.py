@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 from torch import nn
 
 from pxp.components.base import PrunableLayer, aggregate, broadcast_mask, get_module
 from pxp.errors import InvalidSpecError, UnsupportedArchitectureError
-from pxp.spec import ComponentKind
-
-Family = Literal["cnn", "vit"]
+from pxp.spec import ComponentKind, Family
 
 __all__ = [
     "Family",

@@ -13,12 +13,13 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
 from pxp.errors import UnsupportedArchitectureError
 from pxp.models import digits
+from pxp.spec import Family
 
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -30,7 +31,7 @@ _TIMM_VIT_MODULES = ("vision_transformer", "deit")
 @dataclass(frozen=True)
 class ArchitectureInfo:
     name: str
-    family: Literal["cnn", "vit"]
+    family: Family
     builder: Callable[..., nn.Module]
     #: Constructor kwargs used when the spec does not override them; always holds ``num_classes``.
     #: For zoo builders it holds every constructor default, so effective kwargs (and the zoo's
@@ -118,7 +119,7 @@ def _builtin() -> dict[str, ArchitectureInfo]:
             image_size_kwarg="image_size",
             forbidden_kwargs=tv_forbidden,
         )
-    zoo: list[tuple[str, Literal["cnn", "vit"], Callable[..., nn.Module], str | None]] = [
+    zoo: list[tuple[str, Family, Callable[..., nn.Module], str | None]] = [
         ("digits_vgg", "cnn", digits.digits_vgg, None),
         ("digits_resnet18", "cnn", digits.digits_resnet18, None),
         ("digits_vit", "vit", digits.digits_vit, "image_size"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ def masked(
     """
     handles = []
 
-    def make_hook(mask: torch.Tensor, channel_dim: int):
+    def make_hook(mask: torch.Tensor, channel_dim: int) -> Callable[..., torch.Tensor]:
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             return output * broadcast_mask(mask, output, channel_dim)
 

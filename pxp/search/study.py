@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -95,9 +96,28 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials(spec.trials), n_warmup_steps=2)
 
 
-def _storage(url: str | None) -> optuna.storages.BaseStorage:
+_SERVER_STORAGES: dict[str, optuna.storages.BaseStorage] = {}
+_SERVER_STORAGES_LOCK = threading.Lock()
+
+
+def open_storage(url: str | None) -> optuna.storages.BaseStorage:
+    """The Optuna storage for ``url``; a database server's is built once per process.
+
+    ``RDBStorage``'s constructor creates tables and checks the schema version, so a
+    worker that builds one per job pays that on every job. SQLite files are per job
+    directory, so they are not kept (that would hold one engine per finished job).
+    """
     if url is None:
         return optuna.storages.InMemoryStorage()
+    if url.startswith("sqlite"):
+        return _new_storage(url)
+    with _SERVER_STORAGES_LOCK:
+        if url not in _SERVER_STORAGES:
+            _SERVER_STORAGES[url] = _new_storage(url)
+        return _SERVER_STORAGES[url]
+
+
+def _new_storage(url: str) -> optuna.storages.BaseStorage:
     if not _URL.match(url):
         raise InvalidSpecError(
             f"search storage {redact_url(url)!r} is not a database URL "
@@ -145,7 +165,7 @@ def open_study(
 
     ``enqueue`` (params, role) pairs are queued, in order, only when the study is new.
     """
-    storage = _storage(url)
+    storage = open_storage(url)
     study = optuna.create_study(
         storage=storage,
         sampler=make_sampler(spec),

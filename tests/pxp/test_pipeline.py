@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from pxp import pipeline
-from pxp.cli import main
 from pxp.errors import InvalidDataError, JobCancelledError, UnsupportedArchitectureError
 from pxp.pruning.curve import accuracy
 from pxp.spec import AttributionSpec, ExportSpec, JobSpec, ModelSpec, ProgressEvent, PruneSpec
@@ -54,7 +53,7 @@ def test_pipeline_writes_curves_mask_and_plot(tmp_path: Path) -> None:
 
 def test_unpruned_accuracy_is_the_models_test_accuracy(tmp_path: Path) -> None:
     spec = _spec(criteria=[AttributionSpec(criterion="weight")])
-    report = pipeline._Reporter(None, 1)
+    report = pipeline.silent()
     state = pipeline.build_state(spec, report)
     x, y = state.test
     expected = accuracy(state.loaded.model, x, y)
@@ -68,7 +67,9 @@ def test_unpruned_accuracy_is_the_models_test_accuracy(tmp_path: Path) -> None:
 def test_rerun_resumes_from_checkpointed_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = pipeline.run(_spec(), tmp_path)
     calls = {"scores": 0, "curve": 0}
-    original_scores, original_curve = pipeline.compute_scores, pipeline.masked_curve
+    from pxp.pipeline import curves, scoring
+
+    original_scores, original_curve = scoring.compute_scores, curves.masked_curve
 
     def counting_scores(*a, **k):
         calls["scores"] += 1
@@ -78,8 +79,8 @@ def test_rerun_resumes_from_checkpointed_stages(tmp_path: Path, monkeypatch: pyt
         calls["curve"] += 1
         return original_curve(*a, **k)
 
-    monkeypatch.setattr(pipeline, "compute_scores", counting_scores)
-    monkeypatch.setattr(pipeline, "masked_curve", counting_curve)
+    monkeypatch.setattr(scoring, "compute_scores", counting_scores)
+    monkeypatch.setattr(curves, "masked_curve", counting_curve)
     second = pipeline.run(_spec(), tmp_path)
     assert calls == {"scores": 0, "curve": 0}
     assert second.curves == first.curves
@@ -108,40 +109,6 @@ def test_user_errors_are_domain_errors(tmp_path: Path) -> None:
         pipeline.run(_spec(data={"source": str(tmp_path / "data.safetensors")}), tmp_path / "out")
 
 
-def test_cli_compress_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "compress",
-            "--model",
-            "digits_vgg",
-            "--model-kwargs",
-            json.dumps(TINY_KWARGS["digits_vgg"]),
-            "--criterion",
-            "taylor",
-            "--criterion",
-            "weight",
-            "--rates",
-            "0,0.5",
-            "--no-export",
-            "--quiet",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "taylor" in out and "weight" in out
-    assert json.loads((tmp_path / "results.json").read_text())["chosen_label"] == "taylor"
-
-
-def test_cli_reports_user_errors_without_a_traceback(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = main(["compress", "--model", "resnet999", "--quiet", "--out", str(tmp_path)])
-    assert code == 2
-    assert "UnsupportedArchitectureError" in capsys.readouterr().err
-
-
 def test_exported_checkpoint_reloads_with_the_reported_accuracy(tmp_path: Path) -> None:
     from pxp.models.compressed import load_compressed
 
@@ -155,50 +122,9 @@ def test_exported_checkpoint_reloads_with_the_reported_accuracy(tmp_path: Path) 
     assert result.compression["params_after"] < result.compression["params_before"]
     assert {"weights", "manifest", "mask", "results", "curves_png"} <= set(result.artifacts)
     model = load_compressed(tmp_path)
-    state = pipeline.build_state(spec, pipeline._Reporter(None, 1))
+    state = pipeline.build_state(spec, pipeline.silent())
     x, y = state.test
     assert accuracy(model, x, y) == pytest.approx(result.compression["test_accuracy"])
     assert result.compression["test_accuracy"] == pytest.approx(
         result.curves[0].accuracies[RATES.index(0.25)]
     )
-
-
-@pytest.mark.parametrize("components", ["heads", "neurons"])
-def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components: str) -> None:
-    from pxp.models.compressed import load_compressed
-
-    kwargs = {**TINY_KWARGS["digits_vit"], "num_heads": 4}
-    code = main(
-        [
-            "compress",
-            "--model",
-            "digits_vit",
-            "--model-kwargs",
-            json.dumps(kwargs),
-            "--components",
-            components,
-            "--rates",
-            "0,0.25,0.5",
-            "--rate",
-            "0.5",
-            "--quiet",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert code == 0
-    results = json.loads((tmp_path / "results.json").read_text())
-    compression = results["compression"]
-    assert compression["params_after"] < compression["params_before"]
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["modules"], "nothing was physically removed"
-
-    model = load_compressed(tmp_path)
-    assert sum(p.numel() for p in model.parameters()) == compression["params_after"]
-    spec = JobSpec(
-        model=ModelSpec(architecture="digits_vit", kwargs=kwargs),
-        criteria=[AttributionSpec(criterion="lrp")],
-        prune=PruneSpec(rates=[0.0, 0.25, 0.5], components=components, rate=0.5),  # type: ignore[arg-type]
-    )
-    x, y = pipeline.build_state(spec, pipeline._Reporter(None, 1)).test
-    assert accuracy(model, x, y) == pytest.approx(compression["test_accuracy"])

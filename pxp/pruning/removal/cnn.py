@@ -28,6 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from pxp.components import PrunableLayer
@@ -101,7 +102,11 @@ class CnnChannelGraph:
         return groups
 
     def _group(
-        self, graph, group, names: dict[nn.Module, str], producers: dict[str, PrunableLayer]
+        self,
+        graph: tp.DependencyGraph,
+        group: tp.dependency.Group,
+        names: dict[nn.Module, str],
+        producers: dict[str, PrunableLayer],
     ) -> ChannelGroup:
         size = len(group[0].idxs)
         targets: list[_Target] = []

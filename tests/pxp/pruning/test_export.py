@@ -16,16 +16,6 @@ from pxp.pruning.export import ONNX_NAME, TORCHSCRIPT_NAME, export_compressed
 from pxp.pruning.ranking import rank
 from pxp.pruning.removal import RemovalResult, remove_pruned
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second thread only adds OpenMP hand-offs, which are slow on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CASES = {
     "digits_vgg": {"widths": [8, 16, 24], "hidden": 32},
     "digits_resnet18": {"base_width": 8},

@@ -11,16 +11,6 @@ from pxp.pruning.curve import masked_curve
 from pxp.pruning.fast_curve import SweepStats, fast_curve
 from pxp.pruning.ranking import PruneOrder, rank
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second thread only adds OpenMP hand-offs, which are slow on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 RATES = [0.0, 0.2, 0.4, 0.6, 0.8, 0.9]
 
 

@@ -18,15 +18,6 @@ from pxp.pruning.ranking import rank
 from pxp.pruning.removal import count_params, removal_planner, remove_pruned, verify_equivalent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second thread only adds OpenMP hand-offs, which are slow on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics / affine and conv biases, so a pruned channel's constant is never 0 by accident."""
     g = torch.Generator().manual_seed(seed)

@@ -1,21 +1,11 @@
 from __future__ import annotations
 
-import pytest
 import torch
 import torchvision
 from torch import nn
 
 from pxp.models.compressed import PrunedMultiheadAttention
 from pxp.pruning.cost import Cost, count_cost, removed_fractions
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second thread only adds OpenMP hand-offs, which are slow on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_known_macs_of_torchvision_models() -> None:

@@ -14,16 +14,6 @@ from pxp.pruning.masking import masked
 from pxp.pruning.ranking import rank
 from pxp.pruning.removal import removal_planner, remove_pruned
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second thread only adds OpenMP hand-offs, which are slow on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ARCHS = {
     "torchvision": ("digits_vit", {"num_layers": 2, "num_heads": 4, "hidden_dim": 32, "mlp_dim": 64}),
     "timm": (

@@ -122,3 +122,18 @@ def test_a_resumed_study_does_not_replay_earlier_random_draws(tmp_path: Path, sa
 
     first = draw(2)
     assert not set(draw(2)) & set(first)
+
+
+def test_a_database_servers_storage_is_built_once_per_process() -> None:
+    """RDBStorage's constructor creates tables and checks versions: a worker pays it once, not per job."""
+    from pxp.search.study import open_storage
+
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    assert open_storage(url) is open_storage(url)
+
+
+def test_sqlite_storages_are_not_kept(tmp_path: Path) -> None:
+    from pxp.search.study import open_storage
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert open_storage(url) is not open_storage(url)

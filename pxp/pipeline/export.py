@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from pxp.pipeline.state import JobState
 from pxp.pruning.cost import count_cost, removed_fractions
 from pxp.pruning.curve import accuracy
 from pxp.pruning.export import export_compressed
 from pxp.pruning.removal import remove_pruned
-from pxp.spec import CurveResult
-
-if TYPE_CHECKING:
-    from pxp.pipeline import JobState
 
 VERIFY_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """What the export stage produced: the summary for the job result and the files written."""
+
+    summary: dict[str, Any]
+    artifacts: dict[str, str]
+    params_removed_fraction: float
+    flops_removed_fraction: float
 
 
 def export_job(
@@ -25,12 +33,12 @@ def export_job(
     rate: float,
     keep: dict[str, torch.Tensor],
     out_dir: Path,
-    curves: list[CurveResult],
-) -> tuple[dict[str, Any], dict[str, str]]:
+    unpruned: float,
+) -> ExportOutcome:
     """Physically remove what ``keep`` prunes, check it against masking, export it.
 
-    Returns the compression summary for the job result and the artifacts written.
-    The test accuracy reported is the *removed* model's own, measured here.
+    ``unpruned`` is the unpruned test accuracy the drop is reported against. The
+    test accuracy reported is the *removed* model's own, measured here.
     """
     x_test, y_test = state.test
     removal = remove_pruned(state.prepared, state.family, state.layers, keep, x_test[:VERIFY_SAMPLES])
@@ -39,7 +47,6 @@ def export_job(
     after = count_cost(removal.model, input_shape)
     fractions = removed_fractions(before, after)
     test_accuracy = accuracy(removal.model, x_test, y_test)
-    unpruned = next(c.unpruned_accuracy for c in curves if c.label == label)
     summary: dict[str, Any] = {
         "criterion": label,
         "rate": rate,
@@ -56,9 +63,6 @@ def export_job(
         "verification_max_abs_diff": removal.max_abs_diff,
         "verification_tolerance": removal.tolerance,
     }
-    chosen = next(c for c in curves if c.label == label and c.split == "test")
-    chosen.params_removed_fraction = fractions["params_removed_fraction"]
-    chosen.flops_removed_fraction = fractions["flops_removed_fraction"]
     attribution = next(
         (a.model_dump(mode="json") for a in state.spec.criteria if a.label == label),
         {"criterion": label},
@@ -76,4 +80,9 @@ def export_job(
         formats=state.spec.export.formats,
         rate=rate,
     )
-    return summary, {name: Path(path).name for name, path in paths.items()}
+    return ExportOutcome(
+        summary=summary,
+        artifacts={name: Path(path).name for name, path in paths.items()},
+        params_removed_fraction=fractions["params_removed_fraction"],
+        flops_removed_fraction=fractions["flops_removed_fraction"],
+    )

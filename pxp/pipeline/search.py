@@ -1,31 +1,29 @@
-"""The search stage of a job: glue between the pipeline's shared state and pxp.search."""
+"""The search stage of a job: tune the LRP composite on the search split, judge it on the test split."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from pxp.pipeline.curves import curve
+from pxp.pipeline.reporter import Reporter
+from pxp.pipeline.scoring import score
+from pxp.pipeline.state import JobState
+from pxp.search import default_storage_url, run_search, search_result, write_search_artifacts
 from pxp.spec import AttributionSpec, CurveResult, SearchResult
-
-if TYPE_CHECKING:
-    from pxp.pipeline import JobState, _Reporter
-    from pxp.stages import StageStore
+from pxp.stages import StageStore
 
 
 def run_job_search(
     state: JobState,
     out_dir: Path,
     store: StageStore,
-    report: _Reporter,
+    report: Reporter,
     study_storage: str | None,
 ) -> tuple[SearchResult, CurveResult, CurveResult, dict[str, str]]:
     """Tune LRP on the search split, then measure the best and the default composite on the test split.
 
     Returns the search record, the optimised and default test curves, and the artifacts written.
     """
-    from pxp.pipeline import curve, score
-    from pxp.search import default_storage_url, run_search, search_result, write_search_artifacts
-
     spec = state.spec
     assert spec.search is not None
     storage = study_storage or spec.search.storage or default_storage_url(out_dir)

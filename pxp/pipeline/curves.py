@@ -1,0 +1,47 @@
+"""The curve stage: accuracy against pruning rate for one ranking on one split, checkpointed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pxp.pipeline.state import JobState
+from pxp.pruning.curve import area_under_curve, masked_curve, safe_rate
+from pxp.pruning.ranking import PruneOrder
+from pxp.spec import CurveResult
+from pxp.stages import StageStore, stage_key
+
+Split = Literal["search", "test"]
+
+
+def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: StageStore) -> CurveResult:
+    """The pruning curve of ``order`` on ``split``; reused from ``store`` when cached."""
+    prune = state.spec.prune
+    key = stage_key(
+        "curve",
+        split,
+        prune.rates,
+        state.spec.model.model_dump(),
+        state.spec.data.model_dump(),
+        state.spec.splits.model_dump(),
+        order.order,
+    )
+    cached = store.load_json(key)
+    if cached is not None:
+        return CurveResult.model_validate(cached)
+    x, y = state.test if split == "test" else state.search
+    accuracies = masked_curve(state.prepared, order, prune.rates, x, y)
+    safe = safe_rate(prune.rates, accuracies, prune.max_accuracy_drop)
+    keep = order.keep_masks(safe)
+    result = CurveResult(
+        label=label,
+        split=split,
+        components=state.layers[0].kind,
+        rates=list(prune.rates),
+        accuracies=accuracies,
+        unpruned_accuracy=accuracies[0],
+        apr=area_under_curve(accuracies),
+        safe_rate=safe,
+        kept_per_layer={name: int(mask.sum()) for name, mask in keep.items()},
+    )
+    store.save_json(key, result.model_dump())
+    return result

@@ -1,0 +1,163 @@
+"""One function that runs a whole compression job from a JobSpec.
+
+Stages (one module each, depending downward only): build the state → score with
+every criterion (reference split) → curves (test split) → optional LRP search
+(search split) → choose the rate (search split) → remove, verify, export. Every
+stage's output is checkpointed under ``out_dir/.stages`` so a retried job resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from pxp.pipeline.curves import curve
+from pxp.pipeline.export import export_job
+from pxp.pipeline.reporter import ProgressCallback, Reporter
+from pxp.pipeline.scoring import score
+from pxp.pipeline.search import run_job_search
+from pxp.pipeline.state import build_state
+from pxp.pruning.ranking import PruneOrder
+from pxp.report import write_plot
+from pxp.spec import AttributionSpec, CurveResult, JobResult, JobSpec, SearchResult
+from pxp.stages import StageStore, write_json_atomic
+
+
+def _best_attribution(result: SearchResult, base: AttributionSpec) -> AttributionSpec:
+    return base.model_copy(
+        update={
+            "criterion": "lrp",
+            "composite": result.best_composite,
+            "aggregation": result.best_aggregation,
+        }
+    )
+
+
+def run(
+    spec: JobSpec,
+    out_dir: Path,
+    progress: ProgressCallback | None = None,
+    *,
+    study_storage: str | None = None,
+) -> JobResult:
+    """Run a whole compression job; artifacts land in ``out_dir`` and are listed in the result.
+
+    Args:
+        spec: the job: model, data, splits, criteria, prune, search and export settings.
+        out_dir: where artifacts and the stage checkpoints go; a rerun into the same
+            directory resumes from the finished stages.
+        progress: called with a :class:`~pxp.spec.ProgressEvent` between steps; it may
+            raise :class:`~pxp.errors.JobCancelledError` to stop the job there.
+        study_storage: an Optuna storage URL for the search (default: SQLite in ``out_dir``).
+
+    Returns:
+        The :class:`~pxp.spec.JobResult`, also written to ``out_dir/results.json``.
+
+    Raises:
+        UserError: a subclass (``InvalidModelError``, ``InvalidDataError``,
+            ``InvalidSpecError``, ``UnsupportedArchitectureError``) when the inputs are wrong.
+        JobCancelledError: raised by ``progress``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = StageStore(out_dir)
+    units = 3 + 2 * len(spec.criteria) + (spec.search.trials if spec.search else 0) + 2
+    report = Reporter(progress, units)
+    started = time.monotonic()
+
+    state = build_state(spec, report)
+    curves: list[CurveResult] = []
+    orders: dict[str, PruneOrder] = {}
+    for attribution in spec.criteria:
+        label = attribution.label
+        report(f"attribution:{label}", 0, message=f"scoring with {label}")
+        scores = score(state, attribution, store)
+        report(f"attribution:{label}", 1, message=f"scored with {label}")
+        order = state.order(scores)
+        orders[label] = order
+        result = curve(state, label, order, "test", store)
+        curves.append(result)
+        report(
+            f"curve:{label}", 1, message=f"{label}: A_PR {result.apr:.4f}, safe rate {result.safe_rate:.2f}"
+        )
+
+    chosen_label = spec.criteria[0].label
+    search_result = None
+    artifacts: dict[str, str] = {}
+    if spec.search is not None:
+        report("search", 0, message="tuning the LRP composite")
+        search_result, best_curve, default_curve, search_artifacts = run_job_search(
+            state, out_dir, store, report, study_storage
+        )
+        artifacts.update(search_artifacts)
+        if not any(c.label == "lrp" and c.accuracies == default_curve.accuracies for c in curves):
+            curves.append(default_curve)
+        curves.append(best_curve)
+        chosen_label = best_curve.label
+        orders[chosen_label] = state.order(
+            score(state, _best_attribution(search_result, spec.criteria[0]), store),
+            normalize=search_result.best_normalize_per_layer,
+        )
+
+    chosen_order = orders[chosen_label]
+    if spec.prune.rate is not None:
+        chosen_rate = spec.prune.rate
+    else:
+        # The rate is chosen on the search split, so the test split stays an unbiased report.
+        search_curve = curve(state, chosen_label, chosen_order, "search", store)
+        chosen_rate = search_curve.safe_rate
+    report("export", 1, message=f"chosen: {chosen_label} at rate {chosen_rate:.2f}")
+
+    mask_file = out_dir / "mask.json"
+    keep = chosen_order.keep_masks(chosen_rate)
+    write_json_atomic(
+        mask_file,
+        {
+            "criterion": chosen_label,
+            "rate": chosen_rate,
+            "achieved_rate": chosen_order.achieved_rate(chosen_rate),
+            "kept_indices": {name: torch.nonzero(m).flatten().tolist() for name, m in keep.items()},
+        },
+    )
+    artifacts["mask"] = mask_file.name
+
+    compression = None
+    if spec.export.enabled:
+        index = next(i for i, c in enumerate(curves) if c.label == chosen_label and c.split == "test")
+        exported = export_job(
+            state, chosen_label, chosen_rate, keep, out_dir, curves[index].unpruned_accuracy
+        )
+        compression = exported.summary
+        artifacts.update(exported.artifacts)
+        curves[index] = curves[index].model_copy(
+            update={
+                "params_removed_fraction": exported.params_removed_fraction,
+                "flops_removed_fraction": exported.flops_removed_fraction,
+            }
+        )
+
+    artifacts["curves_png"] = "curves.png"
+    artifacts["results"] = "results.json"
+    job_result = JobResult(
+        architecture=spec.model.architecture,
+        family=state.family,
+        num_classes=state.loaded.num_classes,
+        class_names=state.data.class_names,
+        split_sizes={
+            "reference": len(state.splits.reference),
+            "search": len(state.splits.search),
+            "test": len(state.splits.test),
+        },
+        curves=curves,
+        chosen_label=chosen_label,
+        chosen_rate=chosen_rate,
+        search=search_result,
+        compression=compression,
+        artifacts=artifacts,
+    )
+    write_plot(job_result, out_dir / "curves.png")
+    write_json_atomic(out_dir / "results.json", job_result.model_dump(mode="json"))
+    report("done", units, message=f"finished in {time.monotonic() - started:.1f}s")
+    return job_result

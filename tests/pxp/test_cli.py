@@ -1,0 +1,89 @@
+"""The `pxp compress` command line on tiny, really trained digits models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pxp import pipeline
+from pxp.cli import main
+from pxp.pruning.curve import accuracy
+from pxp.spec import AttributionSpec, JobSpec, ModelSpec, PruneSpec
+from pxp.zoo import TINY_KWARGS
+
+
+def test_cli_compress_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "compress",
+            "--model",
+            "digits_vgg",
+            "--model-kwargs",
+            json.dumps(TINY_KWARGS["digits_vgg"]),
+            "--criterion",
+            "taylor",
+            "--criterion",
+            "weight",
+            "--rates",
+            "0,0.5",
+            "--no-export",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "taylor" in out and "weight" in out
+    assert json.loads((tmp_path / "results.json").read_text())["chosen_label"] == "taylor"
+
+
+def test_cli_reports_user_errors_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["compress", "--model", "resnet999", "--quiet", "--out", str(tmp_path)])
+    assert code == 2
+    assert "UnsupportedArchitectureError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("components", ["heads", "neurons"])
+def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components: str) -> None:
+    from pxp.models.compressed import load_compressed
+
+    kwargs = {**TINY_KWARGS["digits_vit"], "num_heads": 4}
+    code = main(
+        [
+            "compress",
+            "--model",
+            "digits_vit",
+            "--model-kwargs",
+            json.dumps(kwargs),
+            "--components",
+            components,
+            "--rates",
+            "0,0.25,0.5",
+            "--rate",
+            "0.5",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    compression = results["compression"]
+    assert compression["params_after"] < compression["params_before"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["modules"], "nothing was physically removed"
+
+    model = load_compressed(tmp_path)
+    assert sum(p.numel() for p in model.parameters()) == compression["params_after"]
+    spec = JobSpec(
+        model=ModelSpec(architecture="digits_vit", kwargs=kwargs),
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=[0.0, 0.25, 0.5], components=components, rate=0.5),  # type: ignore[arg-type]
+    )
+    x, y = pipeline.build_state(spec, pipeline.silent()).test
+    assert accuracy(model, x, y) == pytest.approx(compression["test_accuracy"])
