@@ -46,10 +46,12 @@ class PxpApiError(Exception):
 
 
 def default_url() -> str:
+    """The service URL: ``$PXP_URL``, else ``http://127.0.0.1:8000``."""
     return os.environ.get("PXP_URL", DEFAULT_URL)
 
 
 def default_api_key() -> str | None:
+    """The API key: ``$PXP_API_KEY``, else the embedded server's key file, else None."""
     if os.environ.get("PXP_API_KEY"):
         return os.environ["PXP_API_KEY"]
     key_file = Path(os.environ.get("PXP_DATA_DIR", ".pxp")) / "api-key"
@@ -67,6 +69,19 @@ def _sha256(path: Path) -> str:
 
 
 class PxpClient:
+    """A synchronous client of the pxp REST API (``/v1``), one HTTP connection pool.
+
+    Args:
+        base_url: the gateway's URL (default :func:`default_url`).
+        api_key: the tenant's key, sent as ``Authorization: Bearer`` (default :func:`default_api_key`).
+        timeout: seconds for each request.
+        transport: an httpx transport (tests pass the ASGI app's).
+
+    Every method raises :class:`PxpApiError` for an error response (4xx/5xx) and
+    ``httpx.TransportError`` when the server cannot be reached after its retries.
+    Reads and submits are retried on transport errors; uploads are not.
+    """
+
     def __init__(
         self,
         base_url: str | None = None,
@@ -85,6 +100,7 @@ class PxpClient:
     # Plumbing --------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the connection pool."""
         self._http.close()
 
     def __enter__(self) -> PxpClient:
@@ -120,7 +136,19 @@ class PxpClient:
     # Models and datasets -----------------------------------------------------------------
 
     def upload_model(self, path: str | Path, architecture: str, kwargs: dict[str, Any] | None = None) -> dict:
-        """Upload a checkpoint (safetensors or a torch.save zip of a state_dict)."""
+        """Upload a checkpoint (safetensors or a torch.save zip of a state_dict).
+
+        Args:
+            path: the local checkpoint file.
+            architecture: a registered architecture name (e.g. ``resnet18``, ``timm/vit_small_patch16_224``).
+            kwargs: constructor keyword arguments (JSON values), e.g. ``{"num_classes": 10}``.
+
+        Returns:
+            The model resource: ``{id, architecture, kwargs, sha256, size_bytes, ...}``.
+
+        Raises:
+            PxpApiError: 400/413/422 for a file or architecture the gateway refuses.
+        """
         path = Path(path)
         with open(path, "rb") as fh:
             return self._request(
@@ -131,7 +159,10 @@ class PxpClient:
             )
 
     def register_model(self, uri: str, architecture: str, kwargs: dict[str, Any] | None = None) -> dict:
-        """Register a checkpoint the workers fetch from ``uri`` (e.g. a pre-signed URL)."""
+        """Register a checkpoint the workers fetch from ``uri`` (e.g. a pre-signed URL).
+
+        Returns the model resource; raises :class:`PxpApiError` (422) for a refused URI.
+        """
         return self._request(
             "POST",
             "/v1/models",
@@ -139,7 +170,11 @@ class PxpClient:
         )
 
     def upload_dataset(self, path: str | Path) -> dict:
-        """Upload an ImageFolder tar/zip (``<class>/<image>``) or a safetensors tensor file."""
+        """Upload an ImageFolder tar/zip (``<class>/<image>``) or a safetensors tensor file.
+
+        Returns the dataset resource ``{id, sha256, size_bytes, ...}``; raises
+        :class:`PxpApiError` (400/413/422) for an archive the gateway refuses.
+        """
         path = Path(path)
         with open(path, "rb") as fh:
             return self._request(
@@ -147,12 +182,15 @@ class PxpClient:
             )
 
     def register_dataset(self, uri: str) -> dict:
+        """Register a dataset the workers fetch from ``uri``; returns the dataset resource."""
         return self._request("POST", "/v1/datasets", data={"uri": uri})
 
     def model(self, model_id: str) -> dict:
+        """The model resource ``model_id``; :class:`PxpApiError` 404 if it is not this tenant's."""
         return self._request("GET", f"/v1/models/{model_id}", retries=2)
 
     def dataset(self, dataset_id: str) -> dict:
+        """The dataset resource ``dataset_id``; :class:`PxpApiError` 404 if it is not this tenant's."""
         return self._request("GET", f"/v1/datasets/{dataset_id}", retries=2)
 
     # Jobs ------------------------------------------------------------------------------
@@ -165,8 +203,16 @@ class PxpClient:
         dataset_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        """Create a job. ``spec`` is a JobSpec or its dict; a transport failure is retried
-        under the same ``Idempotency-Key`` (generated if not given), so it never makes two jobs."""
+        """Create a job; returns the queued job (``{id, status, ...}``, HTTP 202).
+
+        ``spec`` is a :class:`pxp.spec.JobSpec` or its dict; ``model_id``/``dataset_id``
+        reference uploaded resources (or set ``spec.model.checkpoint``/``spec.data.source``
+        to ``model:<id>``/``dataset:<id>``). A transport failure is retried under the same
+        ``Idempotency-Key`` (generated if not given), so it never makes two jobs.
+
+        Raises:
+            PxpApiError: 422 for an invalid spec, 404 for an unknown model or dataset.
+        """
         if spec is None:
             spec_dict: dict[str, Any] = {}
         elif hasattr(spec, "model_dump"):
@@ -178,6 +224,7 @@ class PxpClient:
         return self._request("POST", "/v1/jobs", retries=3, json=body, headers=headers)
 
     def job(self, job_id: str) -> Job:
+        """The job's current state: status, stage, progress, metrics, error; 404 if unknown."""
         return self._request("GET", f"/v1/jobs/{job_id}", retries=3)
 
     def jobs(self, *, limit: int | None = None, cursor: str | None = None, status: str | None = None) -> dict:
@@ -188,6 +235,7 @@ class PxpClient:
         return self._request("GET", "/v1/jobs", retries=3, params=params)
 
     def iter_jobs(self, *, status: str | None = None, page_size: int = 100) -> Iterator[Job]:
+        """Every job of this tenant (optionally of one status), newest first, page by page."""
         cursor: str | None = None
         while True:
             page = self.jobs(limit=page_size, cursor=cursor, status=status)
@@ -197,6 +245,8 @@ class PxpClient:
                 return
 
     def cancel(self, job_id: str) -> Job:
+        """Ask to cancel the job; returns its state (``cancel_requested: true``). A running
+        job stops at its next step; a finished job is left as it is."""
         return self._request("POST", f"/v1/jobs/{job_id}/cancel", retries=2)
 
     def events(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
@@ -250,6 +300,7 @@ class PxpClient:
     # Artifacts -------------------------------------------------------------------------
 
     def artifacts(self, job_id: str) -> list[dict]:
+        """The job's artifacts: ``[{name, sha256, size_bytes, content_type}, ...]``."""
         return self._request("GET", f"/v1/jobs/{job_id}/artifacts", retries=3)
 
     def download(self, job_id: str, name: str, dest: str | Path) -> Path:
@@ -281,6 +332,11 @@ class PxpClient:
     def download_all(
         self, job_id: str, dest_dir: str | Path, names: list[str] | None = None
     ) -> dict[str, Path]:
+        """Download every artifact (or those in ``names``) into ``dest_dir``, each sha256-verified.
+
+        Returns name -> local path. Raises ``OSError`` on a checksum mismatch (nothing
+        partial is left behind) and :class:`PxpApiError` for an unknown job.
+        """
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         wanted = [a["name"] for a in self.artifacts(job_id) if names is None or a["name"] in names]
