@@ -165,6 +165,33 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce", help="re-run a finished job from its provenance.json and compare the results"
+    )
+    p.add_argument("directory", type=Path, help="the job's output directory (pxp compress --out)")
+    p.add_argument("--out", type=Path, help="keep the rerun here (default: a temporary directory)")
+    p.add_argument("--weights", help="the checkpoint, if it moved (its sha256 must match the record)")
+    p.add_argument("--data", help="the data, if it moved (its sha256 must match the record)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_reproduce)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Exit 0 when the rerun is identical, 1 when it differs (the differences are printed)."""
+    from pxp.reproduce import reproduce
+
+    bar = ProgressBar(args.quiet)
+    try:
+        report = reproduce(
+            args.directory, out_dir=args.out, weights=args.weights, data=args.data, progress=bar
+        )
+    finally:
+        bar.close()
+    print(report.summary())
+    return 0 if report.identical else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pxp.cli_service import PASSTHROUGH, add_service_commands, run_passthrough
 
@@ -174,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pxp", description="Pruning by eXplaining: compress CNNs and ViTs.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_compress(sub)
+    _add_reproduce(sub)
     add_service_commands(sub)
     args = parser.parse_args(argv)
     try:

@@ -179,6 +179,13 @@ class ExportSpec(_Strict):
     enabled: bool = True
 
 
+class ExplainSpec(_Strict):
+    """Explanations shipped with the job: LRP input heatmaps, per-layer statistics, the HTML report."""
+
+    enabled: bool = True
+    heatmaps_per_class: int = Field(1, ge=1, le=10)
+
+
 class JobSpec(_Strict):
     """A whole compression job."""
 
@@ -189,6 +196,7 @@ class JobSpec(_Strict):
     prune: PruneSpec = Field(default_factory=PruneSpec)
     search: SearchSpec | None = None
     export: ExportSpec = Field(default_factory=ExportSpec)
+    explain: ExplainSpec = Field(default_factory=ExplainSpec)
     device: str = "auto"
 
     @field_validator("criteria")

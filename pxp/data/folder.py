@@ -96,11 +96,19 @@ def load_image_folder(root: Path, image_size: int, channels: int, source: str | 
     labels = torch.empty(total, dtype=torch.int64)
     mode = "L" if channels == 1 else "RGB"
     i = 0
+    names: list[str] = []
     for label, files in enumerate(files_per_class):
         for path in files:
             display = path.relative_to(base).as_posix()
+            names.append(display)
             array = _read_image(path, mode, image_size, display)
             images[i] = torch.from_numpy(array.copy()).permute(2, 0, 1)
             labels[i] = label
             i += 1
-    return LabelledData(images=images, labels=labels, class_names=[d.name for d in class_dirs], source=source)
+    return LabelledData(
+        images=images,
+        labels=labels,
+        class_names=[d.name for d in class_dirs],
+        source=source,
+        file_names=names,
+    )

@@ -18,6 +18,9 @@ class LabelledData:
     labels: torch.Tensor
     class_names: list[str]
     source: str
+    #: ``<class>/<file>`` of each image for ImageFolder data (None for tensor files and digits),
+    #: so a manifest can name the exact reference images.
+    file_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:

@@ -34,6 +34,7 @@ def export_job(
     keep: dict[str, torch.Tensor],
     out_dir: Path,
     unpruned: float,
+    provenance: dict[str, Any] | None = None,
 ) -> ExportOutcome:
     """Physically remove what ``keep`` prunes, check it against masking, export it.
 
@@ -79,6 +80,7 @@ def export_job(
         metrics=summary,
         formats=state.spec.export.formats,
         rate=rate,
+        provenance=provenance,
     )
     return ExportOutcome(
         summary=summary,

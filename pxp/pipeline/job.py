@@ -8,19 +8,23 @@ stage's output is checkpointed under ``out_dir/.stages`` so a retried job resume
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from pxp.pipeline.curves import curve
+from pxp.pipeline.explain import EXPLANATIONS_JSON, write_explanations
 from pxp.pipeline.export import export_job
+from pxp.pipeline.provenance import PROVENANCE_NAME, build_provenance
 from pxp.pipeline.reporter import ProgressCallback, Reporter
 from pxp.pipeline.scoring import score
 from pxp.pipeline.search import run_job_search
 from pxp.pipeline.state import build_state
 from pxp.pruning.ranking import PruneOrder
 from pxp.report import write_plot
+from pxp.report_html import REPORT_NAME, write_html_report
 from pxp.spec import AttributionSpec, CurveResult, JobResult, JobSpec, SearchResult
 from pxp.stages import StageStore, write_json_atomic
 
@@ -70,10 +74,12 @@ def run(
     state = build_state(spec, report)
     curves: list[CurveResult] = []
     orders: dict[str, PruneOrder] = {}
+    scored: dict[str, tuple[AttributionSpec, dict[str, torch.Tensor]]] = {}
     for attribution in spec.criteria:
         label = attribution.label
         report(f"attribution:{label}", 0, message=f"scoring with {label}")
         scores = score(state, attribution, store)
+        scored[label] = (attribution, scores)
         report(f"attribution:{label}", 1, message=f"scored with {label}")
         order = state.order(scores)
         orders[label] = order
@@ -96,10 +102,10 @@ def run(
             curves.append(default_curve)
         curves.append(best_curve)
         chosen_label = best_curve.label
-        orders[chosen_label] = state.order(
-            score(state, _best_attribution(search_result, spec.criteria[0]), store),
-            normalize=search_result.best_normalize_per_layer,
-        )
+        best_attribution = _best_attribution(search_result, spec.criteria[0])
+        best_scores = score(state, best_attribution, store)
+        scored[chosen_label] = (best_attribution, best_scores)
+        orders[chosen_label] = state.order(best_scores, normalize=search_result.best_normalize_per_layer)
 
     chosen_order = orders[chosen_label]
     if spec.prune.rate is not None:
@@ -112,22 +118,49 @@ def run(
 
     mask_file = out_dir / "mask.json"
     keep = chosen_order.keep_masks(chosen_rate)
+    kept_indices = {name: torch.nonzero(m).flatten().tolist() for name, m in keep.items()}
     write_json_atomic(
         mask_file,
         {
             "criterion": chosen_label,
             "rate": chosen_rate,
             "achieved_rate": chosen_order.achieved_rate(chosen_rate),
-            "kept_indices": {name: torch.nonzero(m).flatten().tolist() for name, m in keep.items()},
+            "kept_indices": kept_indices,
         },
     )
     artifacts["mask"] = mask_file.name
+    chosen_attribution, chosen_scores = scored[chosen_label]
+    provenance = build_provenance(
+        state,
+        chosen_label=chosen_label,
+        chosen_attribution=chosen_attribution.model_dump(mode="json"),
+        rate=chosen_rate,
+        kept_indices=kept_indices,
+        order=list(chosen_order.order),
+    )
+    write_json_atomic(out_dir / PROVENANCE_NAME, provenance)
+    artifacts["provenance"] = PROVENANCE_NAME
+    explanations = None
+    if spec.explain.enabled:
+        report("explain", 0, message="heatmaps and per-layer statistics")
+        artifacts.update(
+            write_explanations(
+                state,
+                out_dir,
+                attribution=chosen_attribution,
+                scores=chosen_scores,
+                keep=keep,
+                rate=chosen_rate,
+                per_class=spec.explain.heatmaps_per_class,
+            )
+        )
+        explanations = json.loads((out_dir / EXPLANATIONS_JSON).read_text())
 
     compression = None
     if spec.export.enabled:
         index = next(i for i, c in enumerate(curves) if c.label == chosen_label and c.split == "test")
         exported = export_job(
-            state, chosen_label, chosen_rate, keep, out_dir, curves[index].unpruned_accuracy
+            state, chosen_label, chosen_rate, keep, out_dir, curves[index].unpruned_accuracy, provenance
         )
         compression = exported.summary
         artifacts.update(exported.artifacts)
@@ -140,6 +173,8 @@ def run(
 
     artifacts["curves_png"] = "curves.png"
     artifacts["results"] = "results.json"
+    if spec.explain.enabled:
+        artifacts["report"] = REPORT_NAME
     job_result = JobResult(
         architecture=spec.model.architecture,
         family=state.family,
@@ -159,5 +194,7 @@ def run(
     )
     write_plot(job_result, out_dir / "curves.png")
     write_json_atomic(out_dir / "results.json", job_result.model_dump(mode="json"))
+    if spec.explain.enabled:
+        write_html_report(out_dir, job_result, provenance, explanations)
     report("done", units, message=f"finished in {time.monotonic() - started:.1f}s")
     return job_result

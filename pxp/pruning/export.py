@@ -121,6 +121,7 @@ def build_manifest(
     metrics: Mapping[str, Any],
     input_shape: Iterable[int],
     rate: float | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything about the compressed model except the weights' hash and the optional exports."""
     layers = {
@@ -150,6 +151,7 @@ def build_manifest(
         "verification": {"max_abs_diff": removal.max_abs_diff, "tolerance": removal.tolerance},
         "attribution": jsonable(dict(attribution)),
         "metrics": jsonable(dict(metrics)),
+        "provenance": jsonable(dict(provenance)) if provenance is not None else None,
     }
 
 
@@ -167,6 +169,7 @@ def export_compressed(
     formats: Iterable[str] = ("safetensors",),
     rate: float | None = None,
     check_reload: bool = True,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the removed model to ``out_dir``; return ``{artifact name: path}``.
 
@@ -194,6 +197,7 @@ def export_compressed(
         metrics=metrics or {},
         input_shape=x.shape[1:],
         rate=rate,
+        provenance=provenance,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from torch import nn
 from pxp.errors import InvalidModelError, InvalidSpecError, UnsupportedArchitectureError
 from pxp.models import ZOO_ARCHITECTURES, get_architecture, instantiate, load_state_dict_file, load_weights
 from pxp.models.checkpoint import save_safetensors
-from pxp.zoo import cache
+from pxp.zoo import cache, checksum
 from pxp.zoo.recipe import RECIPE_VERSION, RECIPES, Recipe
 from pxp.zoo.train import train_zoo_model
 
@@ -112,6 +112,8 @@ def load_zoo_model(
                 flush=True,
             )
         model, meta = train_zoo_model(name, effective, seed=seed, progress=progress)
+        meta["weights_sha256"] = checksum.weights_sha256(model)
+        meta["matches_reference"] = checksum.compare_with_reference(entry.name, meta["weights_sha256"])
         staging = cache.staging_dir(entry)
         try:
             save_safetensors(model.state_dict(), staging / cache.WEIGHTS, {"architecture": name})

@@ -1,16 +1,18 @@
-"""``python -m pxp.zoo [names...] [--tiny] [--seed N] [--cache-dir DIR]``: train (or load) zoo models.
+"""``python -m pxp.zoo [names...] [--tiny] [--seed N] [--cache-dir DIR] [--record-references]``.
 
-Prints one line per model with held-out accuracy and training time, so the
-cache can be warmed ahead of tests or demos.
+Trains (or loads) zoo models and prints one line per model with held-out accuracy,
+training time and whether the weights are the reference ones recorded in
+``pxp/zoo/reference_checksums.json`` (``--record-references`` records them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-from pxp.zoo import TINY_KWARGS, ZOO_NAMES, load_zoo_model, zoo_entry
+from pxp.zoo import TINY_KWARGS, ZOO_NAMES, checksum, load_zoo_model, zoo_entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,10 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument(
+        "--record-references",
+        action="store_true",
+        help="record these models' weight checksums as the reference for this torch version",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(ZOO_NAMES))
     if unknown:
         parser.error(f"unknown zoo model(s) {unknown}; choose from {list(ZOO_NAMES)}")
+    references = checksum.load_references()
     for name in args.names or ZOO_NAMES:
         kwargs = TINY_KWARGS[name] if args.tiny else None
         started = time.perf_counter()
@@ -31,12 +39,22 @@ def main(argv: list[str] | None = None) -> int:
             name, kwargs, cache_dir=args.cache_dir, seed=args.seed, progress=args.progress
         )
         params = sum(p.numel() for p in model.parameters())
+        entry = zoo_entry(name, kwargs, cache_dir=args.cache_dir, seed=args.seed)
+        digest = checksum.weights_sha256(model)
+        if args.record_references:
+            references[checksum.reference_key(entry.name)] = digest
+        verdict = checksum.compare_with_reference(entry.name, digest)
+        shown = {True: "reference weights", False: "DIFFERS from the reference", None: "no reference"}[
+            verdict
+        ]
         print(
             f"{name:16s} params {params:>8d}  held-out {meta['heldout_accuracy']:.4f}  "
             f"train {meta['train_accuracy']:.4f}  trained in {meta['train_seconds']:.1f}s  "
-            f"(this call {time.perf_counter() - started:.1f}s)  {zoo_entry(name, kwargs, cache_dir=args.cache_dir, seed=args.seed)}",
+            f"(this call {time.perf_counter() - started:.1f}s)  sha256 {digest[:12]} ({shown})  {entry}",
             flush=True,
         )
+        if args.record_references:
+            checksum.REFERENCE_FILE.write_text(json.dumps(references, indent=1, sort_keys=True) + "\n")
     return 0
 
 
