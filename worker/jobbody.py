@@ -28,6 +28,7 @@ from typing import Any
 from pxp.errors import JobCancelledError, UserError
 from pxp.spec import JobResult
 from service.db import repo
+from service.db.models import JobStatus
 from service.db.session import SessionFactory, make_session_factory
 from service.db.types import utcnow
 from service.dispatch import Dispatcher, make_dispatcher
@@ -185,7 +186,7 @@ def execute_job(
             result = run(spec, workdir / "out", reporter, study_storage=settings.optuna_url)
             reporter.report("uploading artifacts", 1.0)
             artifacts = _upload_artifacts(ctx, result, workdir / "out")
-            status = "succeeded"
+            status = JobStatus.SUCCEEDED
             done = _finish(
                 ctx,
                 job_id,
@@ -199,10 +200,10 @@ def execute_job(
         log.warning("job %s was handed to another worker; stopping", job_id)
         return None
     except JobCancelledError:
-        status = "cancelled"
+        status = JobStatus.CANCELLED
         done = _finish(ctx, job_id, worker, status)
     except UserError as exc:
-        status = "failed"
+        status = JobStatus.FAILED
         done = _finish(ctx, job_id, worker, status, error=error_payload(exc))
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -210,7 +211,7 @@ def execute_job(
         if not isinstance(exc, JobTimeoutError) and type(exc).__name__ == "SoftTimeLimitExceeded":
             exc = JobTimeoutError(f"job exceeded its time limit of {settings.job_soft_time_limit_s} s")
         log.exception("job %s failed", job_id)
-        status = "failed"
+        status = JobStatus.FAILED
         done = _finish(ctx, job_id, worker, status, error=error_payload(exc))
     if done:
         shutil.rmtree(workdir, ignore_errors=True)

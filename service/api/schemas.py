@@ -7,9 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.models import Artifact, DatasetObject, Job, ModelObject
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from service.db.models import Artifact, DatasetObject, Job, JobStatus, ModelObject
 
 
 class ErrorOut(BaseModel):
@@ -112,7 +110,7 @@ class JobOut(BaseModel):
     def of(cls, row: Job, *, full: bool = True) -> JobOut:
         return cls(
             id=row.id,
-            status=row.status,  # type: ignore[arg-type]
+            status=JobStatus(row.status),
             stage=row.stage,
             progress=row.progress,
             message=row.message,

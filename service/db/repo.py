@@ -24,6 +24,7 @@ from service.db.models import (
     Artifact,
     DatasetObject,
     Job,
+    JobStatus,
     ModelObject,
     Tenant,
 )
@@ -173,8 +174,8 @@ def create_job(
         dataset_id=dataset_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        status="queued",
-        stage="queued",
+        status=JobStatus.QUEUED,
+        stage=JobStatus.QUEUED,
         enqueued_at=utcnow(),
     )
     s.add(job)
@@ -211,15 +212,19 @@ def mark_enqueued(s: Session, job_id: str) -> None:
 def request_cancel(s: Session, job: Job) -> Job:
     """Cancel a queued job at once; flag a running one for its worker to stop at the next stage/trial."""
     now = utcnow()
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         s.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == "queued")
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
             .values(
-                status="cancelled", stage="cancelled", cancel_requested=True, finished_at=now, updated_at=now
+                status=JobStatus.CANCELLED,
+                stage=JobStatus.CANCELLED,
+                cancel_requested=True,
+                finished_at=now,
+                updated_at=now,
             )
         )
-    elif job.status == "running":
+    elif job.status == JobStatus.RUNNING:
         s.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
     s.flush()
     s.refresh(job)
@@ -239,12 +244,13 @@ def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> b
             Job.id == job_id,
             Job.cancel_requested.is_(False),
             or_(
-                Job.status == "queued",
-                (Job.status == "running") & (func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before),
+                Job.status == JobStatus.QUEUED,
+                (Job.status == JobStatus.RUNNING)
+                & (func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before),
             ),
         )
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             worker=worker,
             attempts=Job.attempts + 1,
             started_at=func.coalesce(Job.started_at, now),
@@ -259,7 +265,9 @@ def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> b
 
 
 def next_queued_job_id(s: Session) -> str | None:
-    return s.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1))
+    return s.scalar(
+        select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at, Job.id).limit(1)
+    )
 
 
 def update_progress(
@@ -276,7 +284,7 @@ def update_progress(
     now = utcnow()
     result = s.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(
             stage=stage,
             progress=fraction,
@@ -299,7 +307,7 @@ def heartbeat(s: Session, job_id: str, worker: str) -> tuple[bool, bool]:
     """Refresh the heartbeat; return ``(owned, cancel_requested)``."""
     result = s.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(heartbeat_at=utcnow())
         .returning(Job.cancel_requested)
     )
@@ -337,10 +345,12 @@ def finish_job(
         "metrics": metrics,
         "error": error,
     }
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
     res = s.execute(
-        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running").values(**values)
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(**values)
     )
     s.commit()
     return bool(res.rowcount)  # type: ignore[attr-defined]
@@ -351,9 +361,14 @@ def fail_job(s: Session, job_id: str, error: dict[str, Any]) -> bool:
     now = utcnow()
     res = s.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
         .values(
-            status="failed", stage="failed", error=error, finished_at=now, updated_at=now, seq=Job.seq + 1
+            status=JobStatus.FAILED,
+            stage=JobStatus.FAILED,
+            error=error,
+            finished_at=now,
+            updated_at=now,
+            seq=Job.seq + 1,
         )
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]
@@ -363,7 +378,8 @@ def stale_running_jobs(s: Session, stale_before: datetime) -> list[Job]:
     return list(
         s.scalars(
             select(Job).where(
-                Job.status == "running", func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before
+                Job.status == JobStatus.RUNNING,
+                func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before,
             )
         )
     )
@@ -372,13 +388,15 @@ def stale_running_jobs(s: Session, stale_before: datetime) -> list[Job]:
 def queued_jobs_enqueued_before(s: Session, before: datetime) -> list[Job]:
     return list(
         s.scalars(
-            select(Job).where(Job.status == "queued", func.coalesce(Job.enqueued_at, Job.created_at) < before)
+            select(Job).where(
+                Job.status == JobStatus.QUEUED, func.coalesce(Job.enqueued_at, Job.created_at) < before
+            )
         )
     )
 
 
 def running_jobs(s: Session) -> list[Job]:
-    return list(s.scalars(select(Job).where(Job.status == "running")))
+    return list(s.scalars(select(Job).where(Job.status == JobStatus.RUNNING)))
 
 
 def requeue_job(s: Session, job_id: str, worker: str | None, stale_before: datetime | None = None) -> bool:
@@ -388,14 +406,19 @@ def requeue_job(s: Session, job_id: str, worker: str | None, stale_before: datet
     still being older than that, so a job that moved on or came back to life is left alone.
     """
     now = utcnow()
-    guard = [Job.id == job_id, Job.status == "running", Job.worker == worker]
+    guard = [Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker]
     if stale_before is not None:
         guard.append(func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before)
     res = s.execute(
         update(Job)
         .where(*guard)
         .values(
-            status="queued", stage="queued", worker=None, enqueued_at=now, updated_at=now, seq=Job.seq + 1
+            status=JobStatus.QUEUED,
+            stage=JobStatus.QUEUED,
+            worker=None,
+            enqueued_at=now,
+            updated_at=now,
+            seq=Job.seq + 1,
         )
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]
