@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pxp.errors import JobCancelledError, UserError
+from pxp.hashing import sha256_file
 from pxp.spec import JobResult
 from service.db import repo
 from service.db.models import JobStatus
@@ -34,7 +35,7 @@ from service.db.types import utcnow
 from service.dispatch import Dispatcher, make_dispatcher
 from service.settings import Settings
 from service.storage import Storage, make_storage, put_blob
-from worker.inputs import materialise, sha256_file
+from worker.inputs import materialise
 from worker.progress import JobLostError, JobReporter, JobTimeoutError
 
 log = logging.getLogger("pxp.worker")
@@ -134,17 +135,30 @@ def _upload_artifacts(ctx: WorkerContext, result: JobResult, out: Path) -> list[
     return uploaded
 
 
-def _finish(ctx: WorkerContext, job_id: str, worker: str, status: str, **fields: Any) -> bool:
-    artifacts = fields.pop("artifacts", [])
+def _finish(
+    ctx: WorkerContext,
+    job_id: str,
+    worker: str,
+    status: JobStatus,
+    *,
+    artifacts: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> bool:
+    """Record the outcome in one transaction, ownership first.
+
+    The guarded status update comes before the artifact rows: if this worker no longer
+    owns the job (the reconciler handed it to another attempt), nothing is written, so
+    a late worker cannot replace the owner's artifacts or outcome.
+    """
     with ctx.session_factory() as s:
-        for art in artifacts:
+        if not repo.finish_job(s, job_id, worker, status, **fields):
+            s.rollback()
+            log.warning("job %s: not finishing as %s, %s no longer owns it", job_id, status, worker)
+            return False
+        for art in artifacts or []:
             repo.put_artifact(s, job_id, **art)
-        if repo.finish_job(s, job_id, worker, status, **fields):
-            s.commit()
-            return True
-        s.rollback()
-        log.warning("job %s: not finishing as %s, %s no longer owns it", job_id, status, worker)
-        return False
+        s.commit()
+        return True
 
 
 def execute_job(
@@ -156,6 +170,7 @@ def execute_job(
     stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
     with ctx.session_factory() as s:
         claimed = repo.claim_job(s, job_id, worker, stale_before)
+        s.commit()
     try:
         ctx.dispatcher.forget(job_id)
     except Exception:
@@ -173,7 +188,7 @@ def execute_job(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         time_limit_s=settings.job_soft_time_limit_s,
     )
-    status: str | None
+    status: JobStatus | None
     try:
         with reporter:
             reporter.report("fetching inputs", 0.0)

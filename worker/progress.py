@@ -68,6 +68,7 @@ class JobReporter:
             owned, cancel = repo.update_progress(
                 s, self.job_id, self.worker, stage=stage, fraction=fraction, message=message, trial=trial
             )
+            s.commit()
         self._last_write = time.monotonic()
         self._last_key = (stage, trial)
         self._owned = self._owned and owned
@@ -89,6 +90,7 @@ class JobReporter:
             try:
                 with self.factory() as s:
                     owned, cancel = repo.heartbeat(s, self.job_id, self.worker)
+                    s.commit()
                 self._owned = self._owned and owned
                 self._cancel = self._cancel or cancel
             except Exception:

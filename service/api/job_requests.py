@@ -24,12 +24,11 @@ from pxp.spec import JobSpec
 from service.api.errors import not_found
 from service.api.schemas import JobCreate
 from service.db import repo
+from service.db.refs import DATASET_REF, MODEL_REF, dataset_ref, is_uri, model_ref, parse_ref
 from service.settings import Settings
 from service.storage.remote import check_uri
 from service.validation.architectures import check_architecture
 
-MODEL_REF = "model:"
-DATASET_REF = "dataset:"
 #: Mirrors ``pxp.data.digits.SOURCES`` (a test keeps them equal).
 BUNDLED_DATA = frozenset({"digits", "digits-train"})
 
@@ -50,10 +49,6 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _is_uri(value: str) -> bool:
-    return "://" in value
-
-
 def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> ResolvedJob:
     raw = json.loads(json.dumps(body.spec))
     if not isinstance(raw.get("model", {}), dict) or not isinstance(raw.get("data", {}), dict):
@@ -70,14 +65,14 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
             if field in model and model[field] != value:
                 raise InvalidSpecError(f"spec.model.{field} contradicts model {model_id}; leave it out")
             model[field] = value
-        if model.get("weights") not in (None, f"{MODEL_REF}{model_id}"):
+        if model.get("weights") not in (None, model_ref(model_id)):
             raise InvalidSpecError("spec.model.weights contradicts model_id; leave it out")
-        model["weights"] = f"{MODEL_REF}{model_id}"
+        model["weights"] = model_ref(model_id)
     if dataset_id is not None:
         data = raw.setdefault("data", {})
-        if data.get("source") not in (None, f"{DATASET_REF}{dataset_id}"):
+        if data.get("source") not in (None, dataset_ref(dataset_id)):
             raise InvalidSpecError("spec.data.source contradicts dataset_id; leave it out")
-        data["source"] = f"{DATASET_REF}{dataset_id}"
+        data["source"] = dataset_ref(dataset_id)
 
     try:
         spec = JobSpec.model_validate(raw)
@@ -89,8 +84,8 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
 
     weights = spec.model.weights
     if weights is not None:
-        if weights.startswith(MODEL_REF):
-            model_id = weights[len(MODEL_REF) :]
+        if (weights_id := parse_ref(weights, MODEL_REF)) is not None:
+            model_id = weights_id
             row = repo.get_model(s, tenant_id, model_id)
             if row is None:
                 raise not_found("model", model_id)
@@ -98,17 +93,17 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
                 raise InvalidSpecError(
                     f"model {model_id} is a {row.architecture}, not a {spec.model.architecture}"
                 )
-        elif _is_uri(weights):
+        elif is_uri(weights):
             check_uri(weights, settings)
         else:
             raise InvalidSpecError("spec.model.weights must be null, 'model:<id>' or a URI")
 
     source = spec.data.source
-    if source.startswith(DATASET_REF):
-        dataset_id = source[len(DATASET_REF) :]
+    if (source_id := parse_ref(source, DATASET_REF)) is not None:
+        dataset_id = source_id
         if repo.get_dataset(s, tenant_id, dataset_id) is None:
             raise not_found("dataset", dataset_id)
-    elif _is_uri(source):
+    elif is_uri(source):
         check_uri(source, settings)
     elif source not in BUNDLED_DATA:
         raise InvalidSpecError(

@@ -1,7 +1,8 @@
 """Repository layer: every query the gateway, the workers and the admin CLI run.
 
-Functions take a :class:`Session` and leave committing to the caller, except where a
-docstring says the statement must be atomic on its own (claims, guarded finishes).
+Functions take a :class:`Session` and add, flush and query; none of them commits. The
+route or task that opened the session commits once (ARCHITECTURE.md §1), so a guarded
+write whose guard fails can be rolled back together with everything written beside it.
 Tenant-scoped getters return ``None`` for another tenant's objects, so callers cannot
 tell them from missing ones.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, tuple_, update
+from sqlalchemy import delete, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from service import keys
@@ -29,6 +30,12 @@ from service.db.models import (
     Tenant,
 )
 from service.db.types import utcnow
+
+
+def ping(s: Session) -> None:
+    """One round trip to the database (readiness checks)."""
+    s.execute(text("SELECT 1"))
+
 
 # Tenants and API keys --------------------------------------------------------------------
 
@@ -234,8 +241,8 @@ def request_cancel(s: Session, job: Job) -> Job:
 def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> bool:
     """Atomically take a job: queued, or running with a heartbeat older than ``stale_before``.
 
-    Duplicate deliveries of the same task are harmless: only one claim succeeds.
-    Committed immediately.
+    Duplicate deliveries of the same task are harmless: only one claim succeeds. The
+    caller commits at once, so other workers see the claim.
     """
     now = utcnow()
     result = s.execute(
@@ -260,7 +267,6 @@ def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> b
             error=None,
         )
     )
-    s.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -297,7 +303,6 @@ def update_progress(
         .returning(Job.cancel_requested)
     )
     row = result.first()
-    s.commit()
     if row is None:
         return False, True
     return True, bool(row[0])
@@ -312,7 +317,6 @@ def heartbeat(s: Session, job_id: str, worker: str) -> tuple[bool, bool]:
         .returning(Job.cancel_requested)
     )
     row = result.first()
-    s.commit()
     if row is None:
         return False, True
     return True, bool(row[0])
@@ -328,10 +332,12 @@ def finish_job(
     metrics: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a job the worker owns to a terminal state. Committed immediately.
+    """Move a job the worker owns to a terminal state; False (nothing written) if it does not.
 
     The guard on ``worker`` keeps a worker that lost its job (the reconciler handed it
-    to another) from overwriting the new attempt's outcome.
+    to another) from overwriting the new attempt's outcome. Call it before writing
+    anything else of the outcome (artifacts) in the same transaction, and roll back when
+    it returns False.
     """
     assert status in TERMINAL_STATUSES
     now = utcnow()
@@ -352,7 +358,6 @@ def finish_job(
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(**values)
     )
-    s.commit()
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
