@@ -35,8 +35,9 @@ from service.db.types import utcnow
 from service.dispatch import Dispatcher, make_dispatcher
 from service.settings import Settings
 from service.storage import Storage, make_storage, put_blob
+from worker.errors import JobLostError, error_payload, is_celery_time_limit, time_limit_error
 from worker.inputs import materialise
-from worker.progress import JobLostError, JobReporter, JobTimeoutError
+from worker.progress import JobReporter
 
 log = logging.getLogger("pxp.worker")
 
@@ -67,13 +68,6 @@ def load_pipeline(dotted: str) -> Pipeline:
 
 def worker_id(label: str = "") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{label or uuid.uuid4().hex[:8]}"
-
-
-def error_payload(exc: BaseException) -> dict[str, str]:
-    """``{type, message, kind}`` for the job row; internal messages are kept short."""
-    kind = "user" if isinstance(exc, UserError) else "internal"
-    message = str(exc).strip() or type(exc).__name__
-    return {"type": type(exc).__name__, "message": message[:2000], "kind": kind}
 
 
 def summarise(result: JobResult) -> dict[str, Any]:
@@ -223,8 +217,8 @@ def execute_job(
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        if not isinstance(exc, JobTimeoutError) and type(exc).__name__ == "SoftTimeLimitExceeded":
-            exc = JobTimeoutError(f"job exceeded its time limit of {settings.job_soft_time_limit_s} s")
+        if is_celery_time_limit(exc):
+            exc = time_limit_error(settings.job_soft_time_limit_s)
         log.exception("job %s failed", job_id)
         status = JobStatus.FAILED
         done = _finish(ctx, job_id, worker, status, error=error_payload(exc))

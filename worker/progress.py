@@ -13,20 +13,13 @@ import logging
 import threading
 import time
 
-from pxp.errors import JobCancelledError, PxpError
+from pxp.errors import JobCancelledError
 from pxp.spec import ProgressEvent
 from service.db import repo
 from service.db.session import SessionFactory
+from worker.errors import JobLostError, time_limit_error
 
 log = logging.getLogger("pxp.worker")
-
-
-class JobLostError(PxpError):
-    """Another worker owns the job now (the reconciler handed it over); stop quietly."""
-
-
-class JobTimeoutError(PxpError):
-    """The job ran past its soft time limit."""
 
 
 class JobReporter:
@@ -81,7 +74,8 @@ class JobReporter:
         if self._cancel:
             raise JobCancelledError(f"job {self.job_id} was cancelled")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobTimeoutError(f"job exceeded its time limit of {self.time_limit_s:.0f} s")
+            assert self.time_limit_s is not None
+            raise time_limit_error(self.time_limit_s)
 
     # Heartbeat -------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from pxp.errors import InvalidSpecError
 from pxp.spec import JobSpec
-from service.api.errors import not_found
+from service.api.errors import not_found, validation_message
 from service.api.schemas import JobCreate
 from service.db import repo
 from service.db.refs import DATASET_REF, MODEL_REF, dataset_ref, is_uri, model_ref, parse_ref
@@ -39,14 +39,6 @@ class ResolvedJob:
     model_id: str | None
     dataset_id: str | None
     request_hash: str
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:10]:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"spec.{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid"))
-    return "; ".join(parts)
 
 
 def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> ResolvedJob:
@@ -77,7 +69,7 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidSpecError(_validation_message(exc)) from None
+        raise InvalidSpecError(validation_message(exc.errors(), prefix="spec.", whole=None)) from None
     check_architecture(spec.model.architecture)
     if spec.search is not None and spec.search.storage is not None:
         raise InvalidSpecError("spec.search.storage is chosen by the service; leave it out")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.models import Artifact, DatasetObject, Job, JobStatus, ModelObject
+from service.db.models import Artifact, DatasetObject, ErrorKind, Job, JobStatus, ModelObject
 
 
 class ErrorOut(BaseModel):
@@ -83,7 +83,7 @@ class JobCreate(BaseModel):
 class JobError(BaseModel):
     type: str
     message: str
-    kind: Literal["user", "internal"] = "internal"
+    kind: ErrorKind = "internal"
 
 
 class JobOut(BaseModel):

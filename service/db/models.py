@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +32,9 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+
+#: ``error.kind`` on a failed job: ``user`` (the input is wrong; not retried) or ``internal``.
+ErrorKind = Literal["user", "internal"]
 
 JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(

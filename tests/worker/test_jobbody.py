@@ -19,8 +19,8 @@ from service.settings import Settings
 from service.storage import LocalStorage, put_blob
 from tests.service.payloads import safetensors_bytes
 from tests.worker import scripted_pipeline
-from worker.jobbody import WorkerContext, error_payload, execute_job
-from worker.progress import JobLostError
+from worker.errors import JobLostError, error_payload, is_celery_time_limit, worker_lost_payload
+from worker.jobbody import WorkerContext, execute_job
 
 
 @pytest.fixture
@@ -155,6 +155,22 @@ def test_error_payload_kinds():
     }
     assert error_payload(KeyError("x"))["kind"] == "internal"
     assert error_payload(JobLostError("gone"))["type"] == "JobLostError"
+    assert worker_lost_payload(3) == {
+        "type": "WorkerLostError",
+        "message": "the worker running this job was lost 3 time(s)",
+        "kind": "internal",
+    }
+
+
+def test_celery_time_limits_are_recognised_by_class():
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    assert is_celery_time_limit(SoftTimeLimitExceeded()) and is_celery_time_limit(TimeLimitExceeded())
+
+    class SoftTimeLimitExceeded(Exception):  # same name, not Celery's
+        pass
+
+    assert not is_celery_time_limit(SoftTimeLimitExceeded()) and not is_celery_time_limit(TimeoutError())
 
 
 def test_checkpoint_that_does_not_fit_fails_as_user_error_in_the_real_pipeline(ctx, tmp_path):
