@@ -11,7 +11,6 @@ with ``error = {type, message, kind}``, where ``kind`` is ``user`` for
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import mimetypes
 import os
@@ -61,9 +60,26 @@ class WorkerContext:
         )
 
 
-def load_pipeline(dotted: str) -> Pipeline:
-    module, _, name = dotted.partition(":")
-    return getattr(importlib.import_module(module), name)
+_installed_pipeline: Pipeline | None = None
+
+
+def set_pipeline(pipeline: Pipeline | None) -> None:
+    """Make this process's jobs run ``pipeline`` (same signature as ``pxp.pipeline.run``)
+    instead of the real one; ``None`` restores it. Launchers call this before the worker
+    starts (tests run the scripted pipeline this way); a Celery child inherits it."""
+    global _installed_pipeline
+    _installed_pipeline = pipeline
+
+
+def default_pipeline() -> Pipeline:
+    """The installed pipeline, else ``pxp.pipeline.run``."""
+    if _installed_pipeline is not None:
+        return _installed_pipeline
+    # Imported when the first job runs: it brings torch, which processes that only import
+    # this module (the reconciler, the plumbing tests with the scripted pipeline) never need.
+    from pxp.pipeline import run
+
+    return run
 
 
 def worker_id(label: str = "") -> str:
@@ -158,7 +174,10 @@ def _finish(
 def execute_job(
     job_id: str, ctx: WorkerContext, *, worker: str | None = None, pipeline: Pipeline | None = None
 ) -> str | None:
-    """Run one job to a terminal state; return it, or ``None`` if the job was not ours to run."""
+    """Run one job to a terminal state; return it, or ``None`` if the job was not ours to run.
+
+    ``pipeline`` replaces :func:`default_pipeline` for this job (the test seam).
+    """
     settings = ctx.settings
     worker = worker or worker_id()
     stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
@@ -191,7 +210,7 @@ def execute_job(
                 assert job is not None
                 spec = materialise(s, job, ctx.storage, settings, workdir / "inputs")
             reporter.check()
-            run = pipeline or load_pipeline(settings.pipeline)
+            run = pipeline or default_pipeline()
             result = run(spec, workdir / "out", reporter, study_storage=settings.optuna_url)
             reporter.report("uploading artifacts", 1.0)
             artifacts = _upload_artifacts(ctx, result, workdir / "out")
