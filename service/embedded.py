@@ -1,4 +1,4 @@
-"""``pxp serve``: the gateway plus the embedded worker, with no external servers.
+"""``pxp-service serve``: the gateway plus the embedded worker, with no external servers.
 
 With no ``PXP_*`` configuration this is SQLite at ``.pxp/pxp.db``, artifacts under
 ``.pxp/artifacts`` and a worker child process fed from the database: the same routes,
