@@ -51,6 +51,19 @@ def wait_for(
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a module's torch work on one thread (tiny models: a second thread only adds
+    OpenMP hand-offs, slow on a shared CPU). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``; torch is imported only here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Postgres ---------------------------------------------------------------------------------
 
 
