@@ -3,9 +3,11 @@
 claim -> fetch inputs -> ``pxp.pipeline.run`` (progress to the row, cancel between
 stages/trials) -> upload artifacts under content-addressed keys -> record the outcome.
 Outcomes: ``succeeded`` with result, metrics and artifacts; ``cancelled``; ``failed``
-with ``error = {type, message, kind}``, where ``kind`` is ``user`` for
-:class:`pxp.errors.UserError` (bad checkpoint, bad data, bad spec; not retried) and
-``internal`` for anything else.
+with ``error = {type, message, kind}`` built by :mod:`worker.errors`, where ``kind`` is
+``user`` for :class:`pxp.errors.UserError` (bad checkpoint, bad data, bad spec; not
+retried) and ``internal`` for anything else. Each step opens its own session and commits
+it; the outcome (status and artifact rows) is one transaction, written only while this
+worker still owns the job.
 """
 
 from __future__ import annotations
