@@ -17,7 +17,7 @@ pipeline), or let it start one:
 
 * ``--spawn production``: a throwaway Postgres database (migrated with Alembic), Redis, a
   uvicorn gateway and a Celery worker, artifacts in a temporary directory;
-* ``--spawn embedded``: ``pxp serve`` (SQLite, embedded worker).
+* ``--spawn embedded``: ``pxp-service serve`` (SQLite, embedded worker).
 
     .venv/bin/python bench/service_load.py --spawn production
 """

@@ -1,33 +1,49 @@
-"""``pxp serve | submit | status | download | keys``: the service side of the CLI.
+"""``pxp submit | status | download``: the client side of the service, in the CLI.
 
-These commands are thin: the gateway lives in ``service`` (installed with the
-``service`` extra), the HTTP client in :mod:`pxp.client`. Nothing here imports torch.
+These commands are thin: the HTTP client is :mod:`pxp.client`. Nothing here imports
+torch or the service. Running the service (``serve``) and managing API keys (``keys``)
+are the service's own commands, ``pxp-service serve`` and ``pxp-service keys``
+(:mod:`service.cli`, installed with the ``service`` extra); ``pxp serve`` and
+``pxp keys`` hand over to that executable, never importing the service package.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-#: Commands whose argument parsing belongs to the service package itself.
-PASSTHROUGH = {"serve": "service.embedded", "keys": "service.admin"}
+#: ``pxp <command>`` that hand over to ``pxp-service <command>``.
+PASSTHROUGH = frozenset({"serve", "keys"})
+SERVICE_COMMAND = "pxp-service"
+
+
+def _service_executable() -> str | None:
+    """``pxp-service`` beside this interpreter (a virtualenv), else on ``PATH``."""
+    beside = Path(sys.executable).with_name(SERVICE_COMMAND)
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(SERVICE_COMMAND)
 
 
 def run_passthrough(command: str, argv: list[str]) -> int:
-    import importlib
-
-    try:
-        module = importlib.import_module(PASSTHROUGH[command])
-    except ImportError as exc:
+    """Replace this process with ``pxp-service <command> <argv>``."""
+    exe = _service_executable()
+    if exe is None:
         print(
-            f"error: 'pxp {command}' needs the service extra: pip install 'pxp[service]' ({exc})",
+            f"error: 'pxp {command}' is '{SERVICE_COMMAND} {command}', installed with the service extra: "
+            "pip install 'pxp[service]'",
             file=sys.stderr,
         )
         return 2
-    return int(module.main(argv) or 0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(exe, [exe, command, *argv])
+    return 0  # not reached
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -36,10 +52,8 @@ def _client_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser(
-        "serve", help="run the gateway (+ an embedded worker when nothing is configured)", add_help=False
-    )
-    sub.add_parser("keys", help="create / revoke / list API keys (admin)", add_help=False)
+    sub.add_parser("serve", help="run the service: same as 'pxp-service serve'", add_help=False)
+    sub.add_parser("keys", help="manage API keys: same as 'pxp-service keys'", add_help=False)
 
     p = sub.add_parser("submit", help="upload a model and data, submit a job")
     _client_options(p)

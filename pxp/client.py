@@ -60,14 +60,6 @@ def default_api_key() -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class PxpClient:
     """A synchronous client of the pxp REST API (``/v1``), one HTTP connection pool.
 

@@ -1,7 +1,7 @@
 """Admin operations on API keys, run against the database directly (no HTTP).
 
 ``python -m service.admin create --tenant acme [--name ci]`` prints the new key once;
-``revoke <key id>``; ``list [--tenant acme]``. The ``pxp keys`` CLI calls these functions.
+``revoke <key id>``; ``list [--tenant acme]``. ``pxp-service keys`` (:mod:`service.cli`) is this ``main``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class KeyInfo:
 def _session(settings: Settings | None) -> Iterator[Session]:
     settings = settings or get_settings()
     if settings.is_sqlite:
-        # Embedded mode: keys may be made before the first `pxp serve`; migrating is idempotent.
+        # Embedded mode: keys may be made before the first `pxp-service serve`; migrating is idempotent.
         from service.db.migrate import upgrade
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,9 @@ def list_keys(tenant: str | None = None, *, settings: Settings | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pxp keys", description="Manage pxp API keys (PXP_DATABASE_URL).")
+    parser = argparse.ArgumentParser(
+        prog="pxp-service keys", description="Manage pxp API keys (PXP_DATABASE_URL)."
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     create = sub.add_parser("create", help="create a key and print it once")
     create.add_argument("--tenant", required=True)

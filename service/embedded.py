@@ -1,4 +1,4 @@
-"""``pxp serve``: the gateway plus the embedded worker, with no external servers.
+"""``pxp-service serve``: the gateway plus the embedded worker, with no external servers.
 
 With no ``PXP_*`` configuration this is SQLite at ``.pxp/pxp.db``, artifacts under
 ``.pxp/artifacts`` and a worker child process fed from the database: the same routes,
@@ -16,7 +16,9 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.db import repo
 from service.db.session import make_engine, make_session_factory
@@ -70,8 +72,13 @@ def serve(
     settings: Settings | None = None,
     migrate: bool | None = None,
     log_level: str = "info",
+    pipeline: Callable[..., Any] | None = None,
 ) -> None:
-    """Run the gateway (and, in embedded mode, ``workers`` worker processes) until interrupted."""
+    """Run the gateway (and, in embedded mode, ``workers`` worker processes) until interrupted.
+
+    ``pipeline`` (a module-level function with the signature of ``pxp.pipeline.run``)
+    replaces the real pipeline in the embedded workers; tests pass the scripted one.
+    """
     import uvicorn
 
     from service.api.app import create_app
@@ -85,7 +92,7 @@ def serve(
     if settings.embedded:
         from worker.embedded import EmbeddedWorker
 
-        worker = EmbeddedWorker(settings, processes=workers)
+        worker = EmbeddedWorker(settings, processes=workers, pipeline=pipeline)
         worker.start()
         dispatcher = EmbeddedDispatcher(alive=worker.alive)
         print(f"pxp: embedded mode, data in {settings.data_dir.resolve()}", file=sys.stderr)
@@ -111,9 +118,9 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, pipeline: Callable[..., Any] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="pxp serve", description="Run the pxp service (embedded by default)."
+        prog="pxp-service serve", description="Run the pxp service (embedded by default)."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -121,7 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="embedded worker processes")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    serve(args.host, args.port, data_dir=args.data_dir, workers=args.workers, log_level=args.log_level)
+    serve(
+        args.host,
+        args.port,
+        data_dir=args.data_dir,
+        workers=args.workers,
+        log_level=args.log_level,
+        pipeline=pipeline,
+    )
 
 
 if __name__ == "__main__":

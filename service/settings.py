@@ -83,8 +83,6 @@ class Settings(BaseSettings):
     queued_grace_s: Annotated[float, Field(ge=0)] = 30.0
     reconcile_interval_s: Annotated[float, Field(gt=0)] = 30.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
-    #: ``module:function`` with the signature of ``pxp.pipeline.run``. Tests swap it.
-    pipeline: str = "pxp.pipeline:run"
     #: Where workers keep job inputs and stage outputs (a retried job resumes from here).
     work_dir: Path | None = None
     #: Prefix of Redis keys the service writes next to the broker's own.

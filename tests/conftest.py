@@ -51,6 +51,19 @@ def wait_for(
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a module's torch work on one thread (tiny models: a second thread only adds
+    OpenMP hand-offs, slow on a shared CPU). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``; torch is imported only here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Postgres ---------------------------------------------------------------------------------
 
 
@@ -308,9 +321,22 @@ def start_process(cmd: list[str], env: dict[str, str], log: Path) -> Proc:
     return Proc(proc, log)
 
 
-def start_celery_worker(settings: Any, log: Path, name: str, extra_env: dict[str, str] | None = None) -> Proc:
+#: ``celery worker`` running the real ``pxp.pipeline.run`` (as in production) ...
+REAL_WORKER = ("-m", "celery", "-A", "worker.celery_app", "worker")
+#: ... and the same worker with the scripted pipeline installed (tests/worker/scripted_worker.py).
+SCRIPTED_WORKER = ("-m", "tests.worker.scripted_worker")
+
+
+def start_celery_worker(
+    settings: Any,
+    log: Path,
+    name: str,
+    extra_env: dict[str, str] | None = None,
+    *,
+    launcher: tuple[str, ...] = REAL_WORKER,
+) -> Proc:
     env = {**settings.env(), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", settings.queue_name]
+    cmd = [sys.executable, *launcher, "-Q", settings.queue_name]
     cmd += ["-c", "1", "-P", "prefork", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
     cmd += ["--loglevel", "INFO"]
     worker = start_process(cmd, env, log)
@@ -347,17 +373,15 @@ def start_gateway(settings: Any, log: Path) -> tuple[Proc, str]:
 
 @pytest.fixture(scope="session")
 def worker_settings(prod_settings: Any) -> Any:
-    """Settings of the plumbing worker: its own queue and the scripted test pipeline."""
-    return prod_settings.model_copy(
-        update={"queue_name": f"pxp-test-{RUN_ID}-plumbing", "pipeline": "tests.worker.scripted_pipeline:run"}
-    )
+    """Settings of the plumbing worker (its own queue; it runs the scripted pipeline)."""
+    return prod_settings.model_copy(update={"queue_name": f"pxp-test-{RUN_ID}-plumbing"})
 
 
 @pytest.fixture(scope="session")
 def celery_worker(worker_settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """A real Celery worker on the real Redis, running the scripted pipeline."""
     log = tmp_path_factory.mktemp("logs") / "celery-plumbing.log"
-    worker = start_celery_worker(worker_settings, log, f"plumbing-{RUN_ID}")
+    worker = start_celery_worker(worker_settings, log, f"plumbing-{RUN_ID}", launcher=SCRIPTED_WORKER)
     yield worker
     worker.stop()
 

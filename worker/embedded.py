@@ -22,14 +22,19 @@ from typing import Any
 from service.db import repo
 from service.dispatch import EmbeddedDispatcher
 from service.settings import Settings
-from worker.jobbody import WorkerContext, execute_job, worker_id
+from worker.jobbody import Pipeline, WorkerContext, execute_job, worker_id
 from worker.reconciler import reconcile_once
 
 log = logging.getLogger("pxp.worker")
 
 
-def run_loop(settings_data: dict[str, Any], stop: multiprocessing.synchronize.Event) -> None:
-    """Process target: claim queued jobs one at a time until ``stop`` is set."""
+def run_loop(
+    settings_data: dict[str, Any], stop: multiprocessing.synchronize.Event, pipeline: Pipeline | None = None
+) -> None:
+    """Process target: claim queued jobs one at a time until ``stop`` is set.
+
+    ``pipeline`` (a module-level function, pickled by reference into the spawned process)
+    replaces ``pxp.pipeline.run``; ``None`` runs the real one."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _die_with_parent()
     settings = Settings.model_validate(settings_data)
@@ -52,7 +57,7 @@ def run_loop(settings_data: dict[str, Any], stop: multiprocessing.synchronize.Ev
             stop.wait(settings.embedded_poll_interval_s)
             continue
         try:
-            execute_job(job_id, ctx, worker=worker_id("embedded"))
+            execute_job(job_id, ctx, worker=worker_id("embedded"), pipeline=pipeline)
         except Exception:
             log.exception("embedded worker: job %s crashed the job body", job_id)
 
@@ -74,9 +79,10 @@ def _die_with_parent() -> None:
 class EmbeddedWorker:
     """Start/stop the worker process(es) next to an embedded gateway."""
 
-    def __init__(self, settings: Settings, processes: int = 1) -> None:
+    def __init__(self, settings: Settings, processes: int = 1, pipeline: Pipeline | None = None) -> None:
         self.settings = settings
         self.count = processes
+        self.pipeline = pipeline
         self._mp = multiprocessing.get_context("spawn")
         self.stop_event = self._mp.Event()
         self.processes: list[Any] = []
@@ -85,7 +91,10 @@ class EmbeddedWorker:
         data = self.settings.model_dump(mode="json")
         for i in range(self.count):
             proc = self._mp.Process(
-                target=run_loop, args=(data, self.stop_event), name=f"pxp-embedded-worker-{i}", daemon=True
+                target=run_loop,
+                args=(data, self.stop_event, self.pipeline),
+                name=f"pxp-embedded-worker-{i}",
+                daemon=True,
             )
             proc.start()
             self.processes.append(proc)

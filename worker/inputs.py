@@ -8,34 +8,28 @@ present with the right sha256 (a resumed job) are not downloaded again.
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from pxp.errors import InvalidDataError, InvalidModelError, InvalidSpecError
+from pxp.errors import InvalidDataError, InvalidModelError, InvalidSpecError, UserError
+from pxp.hashing import sha256_file
 from pxp.spec import JobSpec
+from service.db import repo
 from service.db.models import DatasetObject, Job, ModelObject
+from service.db.refs import DATASET_REF, MODEL_REF, is_uri, parse_ref
 from service.settings import Settings
 from service.storage import Storage
 from service.storage.remote import fetch_uri
 
-MODEL_REF = "model:"
-DATASET_REF = "dataset:"
 _SUFFIX = {
     "safetensors": ".safetensors",
     "torch-zip": ".pt",
     "tar": ".tar",
     "zip": ".zip",
 }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fetch_stored(storage: Storage, key: str, sha: str | None, dest: Path) -> Path:
@@ -50,7 +44,9 @@ def _fetch_stored(storage: Storage, key: str, sha: str | None, dest: Path) -> Pa
     return dest
 
 
-def _fetch_remote(uri: str, dest: Path, settings: Settings, max_bytes: int, error_cls: type) -> Path:
+def _fetch_remote(
+    uri: str, dest: Path, settings: Settings, max_bytes: int, error_cls: type[UserError]
+) -> Path:
     if dest.is_file():
         return dest
     tmp = dest.with_name(dest.name + ".part")
@@ -63,30 +59,43 @@ def _fetch_remote(uri: str, dest: Path, settings: Settings, max_bytes: int, erro
     return dest
 
 
-def _model_file(s: Session, job: Job, ref: str, storage: Storage, settings: Settings, inputs: Path) -> Path:
-    if ref.startswith(MODEL_REF):
-        row = s.get(ModelObject, ref[len(MODEL_REF) :])
-        if row is None or row.tenant_id != job.tenant_id:
-            raise InvalidSpecError(f"model {ref} not found")
-        dest = inputs / f"model{_SUFFIX.get(row.format or '', '.bin')}"
-        if row.storage_key:
-            return _fetch_stored(storage, row.storage_key, row.sha256, dest)
-        assert row.uri is not None
-        return _fetch_remote(row.uri, dest, settings, settings.max_model_bytes, InvalidModelError)
-    return _fetch_remote(ref, inputs / "model.bin", settings, settings.max_model_bytes, InvalidModelError)
+@dataclass(frozen=True)
+class _InputKind:
+    """What differs between a job's model and its dataset input."""
+
+    noun: str
+    prefix: str
+    stem: str
+    error_cls: type[UserError]
+    lookup: Callable[[Session, str, str], ModelObject | DatasetObject | None]
+    max_bytes: Callable[[Settings], int]
 
 
-def _data_file(s: Session, job: Job, ref: str, storage: Storage, settings: Settings, inputs: Path) -> Path:
-    if ref.startswith(DATASET_REF):
-        row = s.get(DatasetObject, ref[len(DATASET_REF) :])
-        if row is None or row.tenant_id != job.tenant_id:
-            raise InvalidSpecError(f"dataset {ref} not found")
-        dest = inputs / f"data{_SUFFIX.get(row.format or '', '.bin')}"
-        if row.storage_key:
-            return _fetch_stored(storage, row.storage_key, row.sha256, dest)
-        assert row.uri is not None
-        return _fetch_remote(row.uri, dest, settings, settings.max_dataset_bytes, InvalidDataError)
-    return _fetch_remote(ref, inputs / "data.bin", settings, settings.max_dataset_bytes, InvalidDataError)
+_MODEL = _InputKind(
+    "model", MODEL_REF, "model", InvalidModelError, repo.get_model, lambda st: st.max_model_bytes
+)
+_DATASET = _InputKind(
+    "dataset", DATASET_REF, "data", InvalidDataError, repo.get_dataset, lambda st: st.max_dataset_bytes
+)
+
+
+def _input_file(
+    s: Session, job: Job, ref: str, kind: _InputKind, storage: Storage, settings: Settings, inputs: Path
+) -> Path:
+    """A local copy of ``ref``: a stored object of the job's tenant (``model:<id>`` /
+    ``dataset:<id>``) or a URI, checked against the URI policy now."""
+    max_bytes = kind.max_bytes(settings)
+    object_id = parse_ref(ref, kind.prefix)
+    if object_id is None:
+        return _fetch_remote(ref, inputs / f"{kind.stem}.bin", settings, max_bytes, kind.error_cls)
+    row = kind.lookup(s, job.tenant_id, object_id)
+    if row is None:
+        raise InvalidSpecError(f"{kind.noun} {ref} not found")
+    dest = inputs / f"{kind.stem}{_SUFFIX.get(row.format or '', '.bin')}"
+    if row.storage_key:
+        return _fetch_stored(storage, row.storage_key, row.sha256, dest)
+    assert row.uri is not None
+    return _fetch_remote(row.uri, dest, settings, max_bytes, kind.error_cls)
 
 
 def materialise(s: Session, job: Job, storage: Storage, settings: Settings, inputs: Path) -> JobSpec:
@@ -94,10 +103,10 @@ def materialise(s: Session, job: Job, storage: Storage, settings: Settings, inpu
     inputs.mkdir(parents=True, exist_ok=True)
     spec = JobSpec.model_validate(job.spec)
     if spec.model.weights is not None:
-        spec.model.weights = str(_model_file(s, job, spec.model.weights, storage, settings, inputs))
+        spec.model.weights = str(_input_file(s, job, spec.model.weights, _MODEL, storage, settings, inputs))
     source = spec.data.source
-    if source.startswith(DATASET_REF) or "://" in source:
-        spec.data.source = str(_data_file(s, job, source, storage, settings, inputs))
+    if parse_ref(source, DATASET_REF) is not None or is_uri(source):
+        spec.data.source = str(_input_file(s, job, source, _DATASET, storage, settings, inputs))
     if spec.search is not None:
         spec.search.storage = None
         # One study per job, never a user-chosen name: studies of other tenants share the storage.

@@ -3,15 +3,16 @@
 claim -> fetch inputs -> ``pxp.pipeline.run`` (progress to the row, cancel between
 stages/trials) -> upload artifacts under content-addressed keys -> record the outcome.
 Outcomes: ``succeeded`` with result, metrics and artifacts; ``cancelled``; ``failed``
-with ``error = {type, message, kind}``, where ``kind`` is ``user`` for
-:class:`pxp.errors.UserError` (bad checkpoint, bad data, bad spec; not retried) and
-``internal`` for anything else.
+with ``error = {type, message, kind}`` built by :mod:`worker.errors`, where ``kind`` is
+``user`` for :class:`pxp.errors.UserError` (bad checkpoint, bad data, bad spec; not
+retried) and ``internal`` for anything else. Each step opens its own session and commits
+it; the outcome (status and artifact rows) is one transaction, written only while this
+worker still owns the job.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import mimetypes
 import os
@@ -26,15 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from pxp.errors import JobCancelledError, UserError
+from pxp.hashing import sha256_file
 from pxp.spec import JobResult
 from service.db import repo
+from service.db.models import JobStatus
 from service.db.session import SessionFactory, make_session_factory
 from service.db.types import utcnow
 from service.dispatch import Dispatcher, make_dispatcher
 from service.settings import Settings
 from service.storage import Storage, make_storage, put_blob
-from worker.inputs import materialise, sha256_file
-from worker.progress import JobLostError, JobReporter, JobTimeoutError
+from worker.errors import JobLostError, error_payload, is_celery_time_limit, time_limit_error
+from worker.inputs import materialise
+from worker.progress import JobReporter
 
 log = logging.getLogger("pxp.worker")
 
@@ -58,20 +62,30 @@ class WorkerContext:
         )
 
 
-def load_pipeline(dotted: str) -> Pipeline:
-    module, _, name = dotted.partition(":")
-    return getattr(importlib.import_module(module), name)
+_installed_pipeline: Pipeline | None = None
+
+
+def set_pipeline(pipeline: Pipeline | None) -> None:
+    """Make this process's jobs run ``pipeline`` (same signature as ``pxp.pipeline.run``)
+    instead of the real one; ``None`` restores it. Launchers call this before the worker
+    starts (tests run the scripted pipeline this way); a Celery child inherits it."""
+    global _installed_pipeline
+    _installed_pipeline = pipeline
+
+
+def default_pipeline() -> Pipeline:
+    """The installed pipeline, else ``pxp.pipeline.run``."""
+    if _installed_pipeline is not None:
+        return _installed_pipeline
+    # Imported when the first job runs: it brings torch, which processes that only import
+    # this module (the reconciler, the plumbing tests with the scripted pipeline) never need.
+    from pxp.pipeline import run
+
+    return run
 
 
 def worker_id(label: str = "") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{label or uuid.uuid4().hex[:8]}"
-
-
-def error_payload(exc: BaseException) -> dict[str, str]:
-    """``{type, message, kind}`` for the job row; internal messages are kept short."""
-    kind = "user" if isinstance(exc, UserError) else "internal"
-    message = str(exc).strip() or type(exc).__name__
-    return {"type": type(exc).__name__, "message": message[:2000], "kind": kind}
 
 
 def summarise(result: JobResult) -> dict[str, Any]:
@@ -133,28 +147,45 @@ def _upload_artifacts(ctx: WorkerContext, result: JobResult, out: Path) -> list[
     return uploaded
 
 
-def _finish(ctx: WorkerContext, job_id: str, worker: str, status: str, **fields: Any) -> bool:
-    artifacts = fields.pop("artifacts", [])
+def _finish(
+    ctx: WorkerContext,
+    job_id: str,
+    worker: str,
+    status: JobStatus,
+    *,
+    artifacts: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> bool:
+    """Record the outcome in one transaction, ownership first.
+
+    The guarded status update comes before the artifact rows: if this worker no longer
+    owns the job (the reconciler handed it to another attempt), nothing is written, so
+    a late worker cannot replace the owner's artifacts or outcome.
+    """
     with ctx.session_factory() as s:
-        for art in artifacts:
+        if not repo.finish_job(s, job_id, worker, status, **fields):
+            s.rollback()
+            log.warning("job %s: not finishing as %s, %s no longer owns it", job_id, status, worker)
+            return False
+        for art in artifacts or []:
             repo.put_artifact(s, job_id, **art)
-        if repo.finish_job(s, job_id, worker, status, **fields):
-            s.commit()
-            return True
-        s.rollback()
-        log.warning("job %s: not finishing as %s, %s no longer owns it", job_id, status, worker)
-        return False
+        s.commit()
+        return True
 
 
 def execute_job(
     job_id: str, ctx: WorkerContext, *, worker: str | None = None, pipeline: Pipeline | None = None
 ) -> str | None:
-    """Run one job to a terminal state; return it, or ``None`` if the job was not ours to run."""
+    """Run one job to a terminal state; return it, or ``None`` if the job was not ours to run.
+
+    ``pipeline`` replaces :func:`default_pipeline` for this job (the test seam).
+    """
     settings = ctx.settings
     worker = worker or worker_id()
     stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
     with ctx.session_factory() as s:
         claimed = repo.claim_job(s, job_id, worker, stale_before)
+        s.commit()
     try:
         ctx.dispatcher.forget(job_id)
     except Exception:
@@ -172,7 +203,7 @@ def execute_job(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         time_limit_s=settings.job_soft_time_limit_s,
     )
-    status: str | None
+    status: JobStatus | None
     try:
         with reporter:
             reporter.report("fetching inputs", 0.0)
@@ -181,11 +212,11 @@ def execute_job(
                 assert job is not None
                 spec = materialise(s, job, ctx.storage, settings, workdir / "inputs")
             reporter.check()
-            run = pipeline or load_pipeline(settings.pipeline)
+            run = pipeline or default_pipeline()
             result = run(spec, workdir / "out", reporter, study_storage=settings.optuna_url)
             reporter.report("uploading artifacts", 1.0)
             artifacts = _upload_artifacts(ctx, result, workdir / "out")
-            status = "succeeded"
+            status = JobStatus.SUCCEEDED
             done = _finish(
                 ctx,
                 job_id,
@@ -199,18 +230,18 @@ def execute_job(
         log.warning("job %s was handed to another worker; stopping", job_id)
         return None
     except JobCancelledError:
-        status = "cancelled"
+        status = JobStatus.CANCELLED
         done = _finish(ctx, job_id, worker, status)
     except UserError as exc:
-        status = "failed"
+        status = JobStatus.FAILED
         done = _finish(ctx, job_id, worker, status, error=error_payload(exc))
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        if not isinstance(exc, JobTimeoutError) and type(exc).__name__ == "SoftTimeLimitExceeded":
-            exc = JobTimeoutError(f"job exceeded its time limit of {settings.job_soft_time_limit_s} s")
+        if is_celery_time_limit(exc):
+            exc = time_limit_error(settings.job_soft_time_limit_s)
         log.exception("job %s failed", job_id)
-        status = "failed"
+        status = JobStatus.FAILED
         done = _finish(ctx, job_id, worker, status, error=error_payload(exc))
     if done:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -13,20 +13,13 @@ import logging
 import threading
 import time
 
-from pxp.errors import JobCancelledError, PxpError
+from pxp.errors import JobCancelledError
 from pxp.spec import ProgressEvent
 from service.db import repo
 from service.db.session import SessionFactory
+from worker.errors import JobLostError, time_limit_error
 
 log = logging.getLogger("pxp.worker")
-
-
-class JobLostError(PxpError):
-    """Another worker owns the job now (the reconciler handed it over); stop quietly."""
-
-
-class JobTimeoutError(PxpError):
-    """The job ran past its soft time limit."""
 
 
 class JobReporter:
@@ -68,6 +61,7 @@ class JobReporter:
             owned, cancel = repo.update_progress(
                 s, self.job_id, self.worker, stage=stage, fraction=fraction, message=message, trial=trial
             )
+            s.commit()
         self._last_write = time.monotonic()
         self._last_key = (stage, trial)
         self._owned = self._owned and owned
@@ -80,7 +74,8 @@ class JobReporter:
         if self._cancel:
             raise JobCancelledError(f"job {self.job_id} was cancelled")
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise JobTimeoutError(f"job exceeded its time limit of {self.time_limit_s:.0f} s")
+            assert self.time_limit_s is not None
+            raise time_limit_error(self.time_limit_s)
 
     # Heartbeat -------------------------------------------------------------------------
 
@@ -89,6 +84,7 @@ class JobReporter:
             try:
                 with self.factory() as s:
                     owned, cancel = repo.heartbeat(s, self.job_id, self.worker)
+                    s.commit()
                 self._owned = self._owned and owned
                 self._cancel = self._cancel or cancel
             except Exception:

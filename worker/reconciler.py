@@ -31,6 +31,7 @@ from service.db import repo
 from service.db.models import Job
 from service.db.types import utcnow
 from service.settings import Settings, get_settings
+from worker.errors import worker_lost_payload
 from worker.jobbody import WorkerContext
 
 log = logging.getLogger("pxp.reconciler")
@@ -75,12 +76,7 @@ def reconcile_once(ctx: WorkerContext, now: datetime | None = None) -> Reconcile
                 lost[job.id] = (job, None)
         for job, guard in lost.values():
             if job.attempts >= settings.max_attempts:
-                error = {
-                    "type": "WorkerLostError",
-                    "message": f"the worker running this job was lost {job.attempts} time(s)",
-                    "kind": "internal",
-                }
-                if repo.fail_job(s, job.id, error):
+                if repo.fail_job(s, job.id, worker_lost_payload(job.attempts)):
                     report.failed.append(job.id)
             elif repo.requeue_job(s, job.id, job.worker, guard):
                 report.requeued.append(job.id)

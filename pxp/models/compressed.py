@@ -13,7 +13,6 @@ torchvision ``nn.MultiheadAttention`` cannot hold fewer heads than
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pxp.errors import InvalidModelError
+from pxp.hashing import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -198,14 +198,6 @@ def resize_module(model: nn.Module, name: str, spec: dict[str, Any]) -> None:
         raise InvalidModelError(
             f"manifest module {name!r}: spec type {kind!r} does not fit {type(module).__name__}"
         )
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:

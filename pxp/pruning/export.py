@@ -25,6 +25,7 @@ from torch import nn
 
 from pxp.components import Family
 from pxp.errors import InvalidSpecError, VerificationError
+from pxp.hashing import sha256_file
 from pxp.models.checkpoint import save_safetensors
 from pxp.models.compressed import (
     MANIFEST_FORMAT,
@@ -32,7 +33,6 @@ from pxp.models.compressed import (
     MANIFEST_VERSION,
     WEIGHTS_NAME,
     load_compressed,
-    sha256_file,
 )
 from pxp.pruning.removal import RemovalResult
 

@@ -7,6 +7,8 @@ Every 4xx/5xx body is ``{"error": <code>, "detail": <message>}``. Domain errors 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,11 +79,22 @@ def not_found(kind: str, object_id: str) -> ApiError:
     return ApiError(404, "not_found", f"{kind} {object_id!r} not found")
 
 
-def _format_validation(exc: RequestValidationError) -> str:
+def validation_message(
+    errors: Sequence[Mapping[str, Any]], *, prefix: str = "", whole: str | None = "body"
+) -> str:
+    """Pydantic/FastAPI validation errors as one line: ``loc: msg; loc: msg`` (first ten).
+
+    ``prefix`` goes before each location (``spec.`` for a JobSpec inside the body);
+    an error without a location is labelled ``whole`` (or shown bare when ``None``).
+    """
     parts = []
-    for err in exc.errors()[:10]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
-        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    for err in list(errors)[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = err.get("msg", "invalid")
+        if loc:
+            parts.append(f"{prefix}{loc}: {msg}")
+        else:
+            parts.append(f"{whole}: {msg}" if whole else msg)
     return "; ".join(parts) or "invalid request"
 
 
@@ -100,7 +113,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _format_validation(exc))
+        return error_response(422, "invalid_request", validation_message(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

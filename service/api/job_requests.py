@@ -21,15 +21,14 @@ from sqlalchemy.orm import Session
 
 from pxp.errors import InvalidSpecError
 from pxp.spec import JobSpec
-from service.api.errors import not_found
+from service.api.errors import not_found, validation_message
 from service.api.schemas import JobCreate
 from service.db import repo
+from service.db.refs import DATASET_REF, MODEL_REF, dataset_ref, is_uri, model_ref, parse_ref
 from service.settings import Settings
 from service.storage.remote import check_uri
 from service.validation.architectures import check_architecture
 
-MODEL_REF = "model:"
-DATASET_REF = "dataset:"
 #: Mirrors ``pxp.data.digits.SOURCES`` (a test keeps them equal).
 BUNDLED_DATA = frozenset({"digits", "digits-train"})
 
@@ -40,18 +39,6 @@ class ResolvedJob:
     model_id: str | None
     dataset_id: str | None
     request_hash: str
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:10]:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"spec.{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid"))
-    return "; ".join(parts)
-
-
-def _is_uri(value: str) -> bool:
-    return "://" in value
 
 
 def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> ResolvedJob:
@@ -70,27 +57,27 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
             if field in model and model[field] != value:
                 raise InvalidSpecError(f"spec.model.{field} contradicts model {model_id}; leave it out")
             model[field] = value
-        if model.get("weights") not in (None, f"{MODEL_REF}{model_id}"):
+        if model.get("weights") not in (None, model_ref(model_id)):
             raise InvalidSpecError("spec.model.weights contradicts model_id; leave it out")
-        model["weights"] = f"{MODEL_REF}{model_id}"
+        model["weights"] = model_ref(model_id)
     if dataset_id is not None:
         data = raw.setdefault("data", {})
-        if data.get("source") not in (None, f"{DATASET_REF}{dataset_id}"):
+        if data.get("source") not in (None, dataset_ref(dataset_id)):
             raise InvalidSpecError("spec.data.source contradicts dataset_id; leave it out")
-        data["source"] = f"{DATASET_REF}{dataset_id}"
+        data["source"] = dataset_ref(dataset_id)
 
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidSpecError(_validation_message(exc)) from None
+        raise InvalidSpecError(validation_message(exc.errors(), prefix="spec.", whole=None)) from None
     check_architecture(spec.model.architecture)
     if spec.search is not None and spec.search.storage is not None:
         raise InvalidSpecError("spec.search.storage is chosen by the service; leave it out")
 
     weights = spec.model.weights
     if weights is not None:
-        if weights.startswith(MODEL_REF):
-            model_id = weights[len(MODEL_REF) :]
+        if (weights_id := parse_ref(weights, MODEL_REF)) is not None:
+            model_id = weights_id
             row = repo.get_model(s, tenant_id, model_id)
             if row is None:
                 raise not_found("model", model_id)
@@ -98,17 +85,17 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
                 raise InvalidSpecError(
                     f"model {model_id} is a {row.architecture}, not a {spec.model.architecture}"
                 )
-        elif _is_uri(weights):
+        elif is_uri(weights):
             check_uri(weights, settings)
         else:
             raise InvalidSpecError("spec.model.weights must be null, 'model:<id>' or a URI")
 
     source = spec.data.source
-    if source.startswith(DATASET_REF):
-        dataset_id = source[len(DATASET_REF) :]
+    if (source_id := parse_ref(source, DATASET_REF)) is not None:
+        dataset_id = source_id
         if repo.get_dataset(s, tenant_id, dataset_id) is None:
             raise not_found("dataset", dataset_id)
-    elif _is_uri(source):
+    elif is_uri(source):
         check_uri(source, settings)
     elif source not in BUNDLED_DATA:
         raise InvalidSpecError(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.models import Artifact, DatasetObject, Job, ModelObject
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from service.db.models import Artifact, DatasetObject, ErrorKind, Job, JobStatus, ModelObject
 
 
 class ErrorOut(BaseModel):
@@ -85,7 +83,7 @@ class JobCreate(BaseModel):
 class JobError(BaseModel):
     type: str
     message: str
-    kind: Literal["user", "internal"] = "internal"
+    kind: ErrorKind = "internal"
 
 
 class JobOut(BaseModel):
@@ -112,7 +110,7 @@ class JobOut(BaseModel):
     def of(cls, row: Job, *, full: bool = True) -> JobOut:
         return cls(
             id=row.id,
-            status=row.status,  # type: ignore[arg-type]
+            status=JobStatus(row.status),
             stage=row.stage,
             progress=row.progress,
             message=row.message,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -21,8 +22,24 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from service.db.types import JSONType, UTCDateTime, utcnow
 
-JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+class JobStatus(StrEnum):
+    """The states of a job: the one list the database, the API schema and the workers use."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: ``error.kind`` on a failed job: ``user`` (the input is wrong; not retried) or ``internal``.
+ErrorKind = Literal["user", "internal"]
+
+JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
 
 
 def new_id() -> str:
@@ -100,7 +117,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)

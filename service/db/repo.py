@@ -1,7 +1,8 @@
 """Repository layer: every query the gateway, the workers and the admin CLI run.
 
-Functions take a :class:`Session` and leave committing to the caller, except where a
-docstring says the statement must be atomic on its own (claims, guarded finishes).
+Functions take a :class:`Session` and add, flush and query; none of them commits. The
+route or task that opened the session commits once (ARCHITECTURE.md §1), so a guarded
+write whose guard fails can be rolled back together with everything written beside it.
 Tenant-scoped getters return ``None`` for another tenant's objects, so callers cannot
 tell them from missing ones.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, tuple_, update
+from sqlalchemy import delete, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from service import keys
@@ -24,10 +25,17 @@ from service.db.models import (
     Artifact,
     DatasetObject,
     Job,
+    JobStatus,
     ModelObject,
     Tenant,
 )
 from service.db.types import utcnow
+
+
+def ping(s: Session) -> None:
+    """One round trip to the database (readiness checks)."""
+    s.execute(text("SELECT 1"))
+
 
 # Tenants and API keys --------------------------------------------------------------------
 
@@ -173,8 +181,8 @@ def create_job(
         dataset_id=dataset_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        status="queued",
-        stage="queued",
+        status=JobStatus.QUEUED,
+        stage=JobStatus.QUEUED,
         enqueued_at=utcnow(),
     )
     s.add(job)
@@ -211,15 +219,19 @@ def mark_enqueued(s: Session, job_id: str) -> None:
 def request_cancel(s: Session, job: Job) -> Job:
     """Cancel a queued job at once; flag a running one for its worker to stop at the next stage/trial."""
     now = utcnow()
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         s.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == "queued")
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
             .values(
-                status="cancelled", stage="cancelled", cancel_requested=True, finished_at=now, updated_at=now
+                status=JobStatus.CANCELLED,
+                stage=JobStatus.CANCELLED,
+                cancel_requested=True,
+                finished_at=now,
+                updated_at=now,
             )
         )
-    elif job.status == "running":
+    elif job.status == JobStatus.RUNNING:
         s.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
     s.flush()
     s.refresh(job)
@@ -229,8 +241,8 @@ def request_cancel(s: Session, job: Job) -> Job:
 def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> bool:
     """Atomically take a job: queued, or running with a heartbeat older than ``stale_before``.
 
-    Duplicate deliveries of the same task are harmless: only one claim succeeds.
-    Committed immediately.
+    Duplicate deliveries of the same task are harmless: only one claim succeeds. The
+    caller commits at once, so other workers see the claim.
     """
     now = utcnow()
     result = s.execute(
@@ -239,12 +251,13 @@ def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> b
             Job.id == job_id,
             Job.cancel_requested.is_(False),
             or_(
-                Job.status == "queued",
-                (Job.status == "running") & (func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before),
+                Job.status == JobStatus.QUEUED,
+                (Job.status == JobStatus.RUNNING)
+                & (func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before),
             ),
         )
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             worker=worker,
             attempts=Job.attempts + 1,
             started_at=func.coalesce(Job.started_at, now),
@@ -254,12 +267,13 @@ def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> b
             error=None,
         )
     )
-    s.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def next_queued_job_id(s: Session) -> str | None:
-    return s.scalar(select(Job.id).where(Job.status == "queued").order_by(Job.created_at, Job.id).limit(1))
+    return s.scalar(
+        select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at, Job.id).limit(1)
+    )
 
 
 def update_progress(
@@ -276,7 +290,7 @@ def update_progress(
     now = utcnow()
     result = s.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(
             stage=stage,
             progress=fraction,
@@ -289,7 +303,6 @@ def update_progress(
         .returning(Job.cancel_requested)
     )
     row = result.first()
-    s.commit()
     if row is None:
         return False, True
     return True, bool(row[0])
@@ -299,12 +312,11 @@ def heartbeat(s: Session, job_id: str, worker: str) -> tuple[bool, bool]:
     """Refresh the heartbeat; return ``(owned, cancel_requested)``."""
     result = s.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(heartbeat_at=utcnow())
         .returning(Job.cancel_requested)
     )
     row = result.first()
-    s.commit()
     if row is None:
         return False, True
     return True, bool(row[0])
@@ -320,10 +332,12 @@ def finish_job(
     metrics: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> bool:
-    """Move a job the worker owns to a terminal state. Committed immediately.
+    """Move a job the worker owns to a terminal state; False (nothing written) if it does not.
 
     The guard on ``worker`` keeps a worker that lost its job (the reconciler handed it
-    to another) from overwriting the new attempt's outcome.
+    to another) from overwriting the new attempt's outcome. Call it before writing
+    anything else of the outcome (artifacts) in the same transaction, and roll back when
+    it returns False.
     """
     assert status in TERMINAL_STATUSES
     now = utcnow()
@@ -337,12 +351,13 @@ def finish_job(
         "metrics": metrics,
         "error": error,
     }
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
     res = s.execute(
-        update(Job).where(Job.id == job_id, Job.worker == worker, Job.status == "running").values(**values)
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(**values)
     )
-    s.commit()
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
@@ -351,9 +366,14 @@ def fail_job(s: Session, job_id: str, error: dict[str, Any]) -> bool:
     now = utcnow()
     res = s.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
         .values(
-            status="failed", stage="failed", error=error, finished_at=now, updated_at=now, seq=Job.seq + 1
+            status=JobStatus.FAILED,
+            stage=JobStatus.FAILED,
+            error=error,
+            finished_at=now,
+            updated_at=now,
+            seq=Job.seq + 1,
         )
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]
@@ -363,7 +383,8 @@ def stale_running_jobs(s: Session, stale_before: datetime) -> list[Job]:
     return list(
         s.scalars(
             select(Job).where(
-                Job.status == "running", func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before
+                Job.status == JobStatus.RUNNING,
+                func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before,
             )
         )
     )
@@ -372,13 +393,15 @@ def stale_running_jobs(s: Session, stale_before: datetime) -> list[Job]:
 def queued_jobs_enqueued_before(s: Session, before: datetime) -> list[Job]:
     return list(
         s.scalars(
-            select(Job).where(Job.status == "queued", func.coalesce(Job.enqueued_at, Job.created_at) < before)
+            select(Job).where(
+                Job.status == JobStatus.QUEUED, func.coalesce(Job.enqueued_at, Job.created_at) < before
+            )
         )
     )
 
 
 def running_jobs(s: Session) -> list[Job]:
-    return list(s.scalars(select(Job).where(Job.status == "running")))
+    return list(s.scalars(select(Job).where(Job.status == JobStatus.RUNNING)))
 
 
 def requeue_job(s: Session, job_id: str, worker: str | None, stale_before: datetime | None = None) -> bool:
@@ -388,14 +411,19 @@ def requeue_job(s: Session, job_id: str, worker: str | None, stale_before: datet
     still being older than that, so a job that moved on or came back to life is left alone.
     """
     now = utcnow()
-    guard = [Job.id == job_id, Job.status == "running", Job.worker == worker]
+    guard = [Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker]
     if stale_before is not None:
         guard.append(func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before)
     res = s.execute(
         update(Job)
         .where(*guard)
         .values(
-            status="queued", stage="queued", worker=None, enqueued_at=now, updated_at=now, seq=Job.seq + 1
+            status=JobStatus.QUEUED,
+            stage=JobStatus.QUEUED,
+            worker=None,
+            enqueued_at=now,
+            updated_at=now,
+            seq=Job.seq + 1,
         )
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]

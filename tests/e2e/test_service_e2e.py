@@ -27,7 +27,6 @@ def e2e(prod_settings, tmp_path_factory):
     settings = prod_settings.model_copy(
         update={
             "queue_name": f"pxp-test-{RUN_ID}-e2e",
-            "pipeline": "pxp.pipeline:run",
             "heartbeat_stale_s": 120,
         }
     )

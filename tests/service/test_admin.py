@@ -1,4 +1,4 @@
-"""The admin key functions behind ``pxp keys``."""
+"""The admin key functions behind ``pxp-service keys``."""
 
 from __future__ import annotations
 

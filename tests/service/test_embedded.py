@@ -1,24 +1,58 @@
-"""``pxp serve`` with no configuration: SQLite, a local directory and the embedded worker."""
+"""``pxp-service serve`` with no configuration: SQLite, a local directory and the embedded worker."""
 
 from __future__ import annotations
 
 import io
 import json
 import stat
+import subprocess
+import sys
 import time
 
+import httpx
 import pytest
 
 from pxp.client import LocalServer, PxpClient, watch
+from tests.conftest import ROOT, wait_for
 
-SCRIPTED = {"PXP_PIPELINE": "tests.worker.scripted_pipeline:run", "PXP_PROGRESS_MIN_INTERVAL_S": "0"}
+SCRIPTED = {"PXP_PROGRESS_MIN_INTERVAL_S": "0"}
+
+
+class ScriptedServer(LocalServer):
+    """:class:`LocalServer`, but the server is tests/service/scripted_server.py: the same
+    ``service.embedded.main`` with the scripted pipeline passed in as an argument."""
+
+    def start(self) -> ScriptedServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "tests.service.scripted_server", "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--workers", str(self.workers), "--log-level", "warning"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        try:
+            wait_for(ready, self.startup_timeout_s, 0.2, "the embedded server")
+        except BaseException:
+            self.stop()
+            raise
+        key_file = self.data_dir / "api-key"
+        self.api_key = key_file.read_text().strip() if key_file.is_file() else ""
+        return self
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("embedded")
     env = {k: "" for k in ("PXP_DATABASE_URL", "PXP_BROKER_URL", "PXP_STORAGE_BACKEND")}
-    with LocalServer(data_dir, env={**SCRIPTED, **env}) as srv:
+    with ScriptedServer(data_dir, env={**SCRIPTED, **env}) as srv:
         yield srv
 
 
@@ -67,7 +101,7 @@ def test_restart_keeps_the_key_and_resumes_an_interrupted_job(tmp_path):
     spec = {
         "model": {"architecture": "digits_vgg", "kwargs": {"script": "succeed", "steps": 40, "delay": 0.1}}
     }
-    with LocalServer(tmp_path, env=env) as first, PxpClient(first.url, first.api_key) as client:
+    with ScriptedServer(tmp_path, env=env) as first, PxpClient(first.url, first.api_key) as client:
         job_id = client.submit(spec)["id"]
         deadline = time.monotonic() + 30
         while client.job(job_id)["stage"] not in {f"stage{i}" for i in range(3, 40)}:
@@ -75,7 +109,7 @@ def test_restart_keeps_the_key_and_resumes_an_interrupted_job(tmp_path):
             time.sleep(0.1)
         key = first.api_key
     # The stop terminated the job mid-way; the next start sees its worker process gone.
-    with LocalServer(tmp_path, env=env) as second, PxpClient(second.url, second.api_key) as client:
+    with ScriptedServer(tmp_path, env=env) as second, PxpClient(second.url, second.api_key) as client:
         assert second.api_key == key
         final = client.wait(job_id, timeout=60, poll_interval=0.2)
         assert final["status"] == "succeeded" and final["attempts"] == 2

@@ -264,6 +264,7 @@ def test_cancel_running_job_sets_the_flag_and_finished_job_conflicts(api):
         from datetime import UTC, datetime
 
         assert repo.claim_job(s, job_id, "w1", datetime.now(UTC))
+        s.commit()
     resp = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
     assert resp.json()["status"] == "running" and resp.json()["cancel_requested"] is True
     with api.factory() as s:
@@ -272,6 +273,7 @@ def test_cancel_running_job_sets_the_flag_and_finished_job_conflicts(api):
         assert repo.finish_job(
             s, job_id, "w1", "failed", error={"type": "X", "message": "m", "kind": "internal"}
         )
+        s.commit()
     resp = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
     assert resp.status_code == 409 and resp.json()["error"] == "conflict"
 

@@ -3,6 +3,7 @@ ownership guards, error payloads and the per-job work directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import timedelta
 
@@ -18,8 +19,8 @@ from service.settings import Settings
 from service.storage import LocalStorage, put_blob
 from tests.service.payloads import safetensors_bytes
 from tests.worker import scripted_pipeline
-from worker.jobbody import WorkerContext, error_payload, execute_job
-from worker.progress import JobLostError
+from worker.errors import JobLostError, error_payload, is_celery_time_limit, worker_lost_payload
+from worker.jobbody import WorkerContext, execute_job
 
 
 @pytest.fixture
@@ -84,11 +85,46 @@ def test_worker_that_lost_its_job_does_not_overwrite_the_new_attempt(ctx):
             s.commit()
         with ctx.session_factory() as s:
             assert repo.claim_job(s, job_id, "other-worker", utcnow())
+            s.commit()
         return scripted_pipeline.run(spec, out_dir, progress, study_storage=study_storage)
 
     assert execute_job(job_id, ctx, worker="first", pipeline=hijacked) is None
     job = _load(ctx, job_id)
     assert job.status == "running" and job.worker == "other-worker"
+
+
+def _artifact_rows(ctx, job_id) -> list[tuple[int, str, str]]:
+    with ctx.session_factory() as s:
+        return [(a.id, a.name, a.sha256) for a in repo.list_artifacts(s, job_id)]
+
+
+def test_late_worker_cannot_overwrite_the_new_attempts_artifacts(ctx, tmp_path):
+    """A is handed over (requeued) while it runs; B claims attempt 2 and finishes. When A
+    finishes late, its finish is refused and writes nothing: B's artifact rows and
+    outcome stay exactly as B left them."""
+    job_id = _job(ctx)
+    ctx_b = dataclasses.replace(
+        ctx, settings=ctx.settings.model_copy(update={"work_dir": tmp_path / "b-work"})
+    )
+    owners: dict[str, object] = {}
+
+    def handed_over_after_running(spec, out_dir, progress, *, study_storage=None):
+        result = scripted_pipeline.run(spec, out_dir, progress, study_storage=study_storage)
+        (out_dir / "results.json").write_text('{"from": "the late worker"}')
+        with ctx.session_factory() as s:
+            assert repo.requeue_job(s, job_id, "A", utcnow() + timedelta(seconds=1))
+            s.commit()
+        assert execute_job(job_id, ctx_b, worker="B", pipeline=scripted_pipeline.run) == "succeeded"
+        owners["artifacts"] = _artifact_rows(ctx, job_id)
+        job = _load(ctx, job_id)
+        owners["job"] = (job.status, job.worker, job.attempts, job.result, job.finished_at, job.seq)
+        return result
+
+    assert execute_job(job_id, ctx, worker="A", pipeline=handed_over_after_running) is None
+    assert owners["job"][:3] == ("succeeded", "B", 2)
+    assert _artifact_rows(ctx, job_id) == owners["artifacts"]
+    job = _load(ctx, job_id)
+    assert (job.status, job.worker, job.attempts, job.result, job.finished_at, job.seq) == owners["job"]
 
 
 def test_soft_time_limit_fails_the_job(ctx):
@@ -119,6 +155,22 @@ def test_error_payload_kinds():
     }
     assert error_payload(KeyError("x"))["kind"] == "internal"
     assert error_payload(JobLostError("gone"))["type"] == "JobLostError"
+    assert worker_lost_payload(3) == {
+        "type": "WorkerLostError",
+        "message": "the worker running this job was lost 3 time(s)",
+        "kind": "internal",
+    }
+
+
+def test_celery_time_limits_are_recognised_by_class():
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    assert is_celery_time_limit(SoftTimeLimitExceeded()) and is_celery_time_limit(TimeLimitExceeded())
+
+    class SoftTimeLimitExceeded(Exception):  # same name, not Celery's
+        pass
+
+    assert not is_celery_time_limit(SoftTimeLimitExceeded()) and not is_celery_time_limit(TimeoutError())
 
 
 def test_checkpoint_that_does_not_fit_fails_as_user_error_in_the_real_pipeline(ctx, tmp_path):

@@ -132,6 +132,7 @@ def test_finished_and_cancelled_jobs_are_left_alone(ctx):
     done = _job(ctx, status="running", heartbeat_age_s=999, attempts=1)
     with ctx.session_factory() as s:
         assert repo.finish_job(s, done, "gone-worker", "succeeded")
+        s.commit()
     cancelled = _job(ctx, enqueued_age_s=999)
     with ctx.session_factory() as s:
         repo.request_cancel(s, repo.load_job(s, cancelled))

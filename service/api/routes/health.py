@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from service.api.metrics import render
+from service.db import repo
 
 router = APIRouter(tags=["health"])
 
@@ -34,7 +34,7 @@ def _checks(request: Request) -> dict[str, str]:
 
     def db() -> None:
         with state.session_factory() as s:
-            s.execute(text("SELECT 1"))
+            repo.ping(s)
 
     run("database", db)
     run("broker", state.dispatcher.check)

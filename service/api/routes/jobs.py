@@ -21,10 +21,10 @@ from service.api.errors import ApiError, not_found
 from service.api.job_requests import resolve
 from service.api.metrics import JOBS_CREATED
 from service.api.paging import page_cursor, page_limit
-from service.api.schemas import ERROR_RESPONSES, ArtifactOut, JobCreate, JobOut, JobStatus, Page
+from service.api.schemas import ERROR_RESPONSES, ArtifactOut, JobCreate, JobOut, Page
 from service.db import repo
 from service.db.async_reader import AsyncJobReader
-from service.db.models import TERMINAL_STATUSES, Job
+from service.db.models import TERMINAL_STATUSES, Job, JobStatus
 from service.db.session import SessionFactory
 from service.dispatch import Dispatcher
 from service.settings import Settings
@@ -145,7 +145,7 @@ def cancel_job(
 ) -> JobOut:
     """Cancel: a queued job at once, a running one at its next stage or trial boundary."""
     job = _owned_job(s, principal, job_id)
-    if job.status in ("succeeded", "failed"):
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ApiError(409, "conflict", f"job {job_id} already {job.status}")
     job = repo.request_cancel(s, job)
     s.commit()

@@ -1,4 +1,7 @@
-"""pxp.client against a real gateway and worker: the functions ``pxp submit/status/download`` call."""
+"""pxp.client against a real gateway and worker: the functions ``pxp submit/status/download`` call.
+
+It mirrors pxp/client.py; the gateway, the Celery worker (scripted pipeline) and the
+services come from the fixtures of tests/conftest.py."""
 
 from __future__ import annotations
 
