@@ -412,7 +412,7 @@ def _free_port() -> int:
 
 
 class LocalServer:
-    """Run ``pxp serve`` (embedded mode: SQLite, local artifacts, a worker process) in a
+    """Run ``pxp-service serve`` (embedded mode: SQLite, local artifacts, a worker process) in a
     subprocess on a free loopback port, for the demo, notebooks, tests and benchmarks.
 
     >>> with LocalServer(".pxp-demo") as server, PxpClient(server.url, server.api_key) as client:

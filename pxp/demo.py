@@ -1,6 +1,6 @@
 """``make demo``: the main job, end to end, on the embedded default.
 
-Starts ``pxp serve`` (SQLite, a local artifact directory, a worker process: no
+Starts ``pxp-service serve`` (SQLite, a local artifact directory, a worker process: no
 servers to install), submits a digits job with every criterion through the
 Python client, follows it with a live progress bar, downloads the compressed
 checkpoint, reloads it without pickle, checks its accuracy on the held-out test

@@ -19,5 +19,5 @@ def _context() -> WorkerContext:
 
 
 @app.task(name="pxp.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
-def run_job(self, job_id: str) -> str | None:  # type: ignore[no-untyped-def]
+def run_job(self, job_id: str) -> str | None:  # type: ignore[no-untyped-def]  # bind=True passes the Celery Task as self, untyped in celery
     return execute_job(job_id, _context(), worker=worker_id((self.request.id or "")[:8]))

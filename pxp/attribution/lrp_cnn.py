@@ -24,7 +24,7 @@ class ExactMergeBatchNorm(SequentialMergeBatchNorm):
     canonized model computes the original function.
     """
 
-    def register(self, linears, batch_norm):  # type: ignore[no-untyped-def]
+    def register(self, linears, batch_norm):  # type: ignore[no-untyped-def]  # overrides zennit's untyped signature as is
         self._eps = batch_norm.eps
         super().register(linears, batch_norm)
         batch_norm.eps = 0.0

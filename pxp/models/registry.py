@@ -76,7 +76,7 @@ def _torchvision(name: str, target: str) -> Callable[..., nn.Module]:
 
     build.__name__ = f"torchvision_{name}"
     # The class whose constructor receives the kwargs, for error messages.
-    build.__wrapped_target__ = target  # type: ignore[attr-defined]
+    build.__wrapped_target__ = target  # type: ignore[attr-defined]  # a marker attribute on a function object
     return build
 
 

@@ -142,7 +142,7 @@ class _Stages:
             if node.op == "call_module":
                 env[node] = modules[str(node.target)](*args, **kwargs)
             elif node.op == "call_function":
-                env[node] = node.target(*args, **kwargs)  # type: ignore[operator]
+                env[node] = node.target(*args, **kwargs)  # type: ignore[operator]  # FX types target as Callable | str; call_function nodes hold a callable
             elif node.op == "call_method":
                 self_obj, *rest = args
                 env[node] = getattr(self_obj, str(node.target))(*rest, **kwargs)

@@ -31,18 +31,18 @@ def deterministic(seed: int) -> Iterator[None]:
     memory they did not write, costs ~10 % here, and every CPU op used writes its output.
     """
     previous = torch.are_deterministic_algorithms_enabled()
-    previous_fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    previous_fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]  # absent from torch's stubs
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
-        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # absent from torch's stubs
         torch.set_num_threads(1)
         try:
             yield
         finally:
             torch.set_num_threads(threads)
-            torch.utils.deterministic.fill_uninitialized_memory = previous_fill  # type: ignore[attr-defined]
+            torch.utils.deterministic.fill_uninitialized_memory = previous_fill  # type: ignore[attr-defined]  # absent from torch's stubs
             torch.use_deterministic_algorithms(previous)
 
 

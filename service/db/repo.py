@@ -69,7 +69,7 @@ def revoke_api_key(s: Session, key_id: str) -> bool:
     result = s.execute(
         update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
 
 
 def list_api_keys(s: Session, tenant_name: str | None = None) -> list[tuple[ApiKey, str]]:
@@ -267,7 +267,7 @@ def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> b
             error=None,
         )
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
 
 
 def next_queued_job_id(s: Session) -> str | None:
@@ -358,7 +358,7 @@ def finish_job(
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(**values)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
 
 
 def fail_job(s: Session, job_id: str, error: dict[str, Any]) -> bool:
@@ -376,7 +376,7 @@ def fail_job(s: Session, job_id: str, error: dict[str, Any]) -> bool:
             seq=Job.seq + 1,
         )
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
 
 
 def stale_running_jobs(s: Session, stale_before: datetime) -> list[Job]:
@@ -426,7 +426,7 @@ def requeue_job(s: Session, job_id: str, worker: str | None, stale_before: datet
             seq=Job.seq + 1,
         )
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
 
 
 def count_jobs_by_status(s: Session) -> dict[str, int]:

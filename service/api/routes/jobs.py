@@ -129,7 +129,7 @@ async def get_job(job_id: str, request: Request, principal: Principal = Depends(
     reader: AsyncJobReader | None = request.app.state.job_reader
     if reader is not None:
         row = await reader.job(principal.tenant_id, job_id)
-        job = JobOut.of(SimpleNamespace(**row)) if row is not None else None  # type: ignore[arg-type]
+        job = JobOut.of(SimpleNamespace(**row)) if row is not None else None  # type: ignore[arg-type]  # JobOut.of reads attributes; the namespace of the row has them all
     else:
         job = await run_in_threadpool(
             _load_job_out, request.app.state.session_factory, principal.tenant_id, job_id
