@@ -166,31 +166,43 @@ def reproduce(
     with tempfile.TemporaryDirectory(prefix="pxp-reproduce-") as tmp:
         target = Path(out_dir) if out_dir is not None else Path(tmp)
         run_job(spec, target, progress)
-        fresh = read_provenance(target)
-        report = ReproduceReport(identical=True, rerun_dir=Path(out_dir) if out_dir is not None else None)
-        for key in ("versions", "device"):
-            if record.get(key) != fresh.get(key):
-                report.notes.append(f"{key} differ: {record.get(key)} vs {fresh.get(key)}")
-        diffs: list[str] = []
-        if record["data"].get("tensor_sha256") != fresh["data"].get("tensor_sha256"):
-            diffs.append("loaded data differs (resizing or decoding changed)")
-        for split in ("reference", "search", "test"):
-            if record["samples"][split]["indices"] != fresh["samples"][split]["indices"]:
-                diffs.append(f"{split} sample ids differ")
-        if record["chosen"] != fresh["chosen"]:
-            diffs.append(f"chosen: {record['chosen']} vs {fresh['chosen']}")
-        moved = _compare_orders(record["order"], fresh["order"])
-        if moved:
-            diffs.append(moved)
-        diffs += _compare_kept(record["kept_indices"], fresh["kept_indices"])
-        old_curves, new_curves = _curves(directory), _curves(target)
-        for curve_key in sorted(set(old_curves) | set(new_curves)):
-            if old_curves.get(curve_key) != new_curves.get(curve_key):
-                label, split = curve_key
-                diffs.append(
-                    f"curve {label} ({split}): {old_curves.get(curve_key)} vs {new_curves.get(curve_key)}"
-                )
-        diffs += _compare_weights(directory, target)
-        report.differences = diffs
-        report.identical = not diffs
+        report = compare(directory, target)
+        report.rerun_dir = Path(out_dir) if out_dir is not None else None
         return report
+
+
+def compare(original: str | Path, rerun: str | Path) -> ReproduceReport:
+    """Compare two finished job directories of the same spec (see the module docstring).
+
+    Raises:
+        InvalidSpecError: either directory has no provenance record.
+    """
+    original, rerun = Path(original), Path(rerun)
+    record, fresh = read_provenance(original), read_provenance(rerun)
+    report = ReproduceReport(identical=True)
+    for key in ("versions", "device"):
+        if record.get(key) != fresh.get(key):
+            report.notes.append(f"{key} differ: {record.get(key)} vs {fresh.get(key)}")
+    diffs: list[str] = []
+    if record["data"].get("tensor_sha256") != fresh["data"].get("tensor_sha256"):
+        diffs.append("loaded data differs (resizing or decoding changed)")
+    for split in ("reference", "search", "test"):
+        if record["samples"][split]["indices"] != fresh["samples"][split]["indices"]:
+            diffs.append(f"{split} sample ids differ")
+    if record["chosen"] != fresh["chosen"]:
+        diffs.append(f"chosen: {record['chosen']} vs {fresh['chosen']}")
+    moved = _compare_orders(record["order"], fresh["order"])
+    if moved:
+        diffs.append(moved)
+    diffs += _compare_kept(record["kept_indices"], fresh["kept_indices"])
+    old_curves, new_curves = _curves(original), _curves(rerun)
+    for curve_key in sorted(set(old_curves) | set(new_curves)):
+        if old_curves.get(curve_key) != new_curves.get(curve_key):
+            label, split = curve_key
+            diffs.append(
+                f"curve {label} ({split}): {old_curves.get(curve_key)} vs {new_curves.get(curve_key)}"
+            )
+    diffs += _compare_weights(original, rerun)
+    report.differences = diffs
+    report.identical = not diffs
+    return report
