@@ -44,6 +44,7 @@ from zennit.core import Composite
 
 from pxp.attribution.engine import backward_signals, batches
 from pxp.attribution.lrp import build_composite
+from pxp.attribution.memory import fit_batch_size
 from pxp.components import Family, PrunableLayer, aggregate
 from pxp.pruning.curve import accuracy, area_under_curve
 from pxp.pruning.evaluate import CurveMethod, evaluate_curve, make_planner
@@ -185,6 +186,8 @@ class TrialEvaluator:
         self._planned = False
         self._shared = SharedCanonization(self.model, self.family)
         self.unpruned_accuracy = accuracy(self.model, *self.evaluation, self.eval_batch_size)
+        # Lowered where one relevance batch would not fit the free memory (measured once per search).
+        self.batch_size = fit_batch_size(self.model, self.reference[0], self.batch_size)
 
     def scores(self, composite: CompositeSpec) -> tuple[dict[Aggregation, Scores], bool]:
         """Scores of every aggregation for ``composite``, and whether they were already known."""
