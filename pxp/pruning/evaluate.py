@@ -136,8 +136,8 @@ def evaluate_curve(
             (e.g. recovery: BN re-estimation, bias folding, reconstruction). It is
             called with ``model`` while the rate's masks are applied (as forward
             hooks, which :func:`copy.deepcopy` carries along) and the keep masks, and
-            returns the module to evaluate, in eval mode: a modified copy, or ``model``
-            itself if the hook's in-place changes are undone by the caller. Giving one
+            returns the module to evaluate, in eval mode: a modified copy (``model``
+            itself only if it changes nothing that would outlive the rate). Giving one
             forces the masked path: the fast sweep's slicing and reuse assume the
             evaluated model is exactly the masked one.
         method: ``"auto"`` (fast where exact, else masked) or ``"masked"``.
