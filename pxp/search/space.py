@@ -214,11 +214,13 @@ def known_good_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
       high ones, ε(1e-6) at the classifier: the layer-wise pattern ("ε above, γ / z+
       below") that Hatefi et al., "Pruning By Explaining Revisited" (2024), found to
       beat uniform rules for CNNs;
-    - ``pxp2024_gamma_ab_fc``: γ(0.25) in every convolution, α2β1 at the classifier;
-    - ``pxp2024_zplus_ab_fc``: z+ in every convolution, α2β1 at the classifier. These
-      two are the winners of this repository's digits-VGG searches (README, "LRP
-      optimised by search": every found composite had α-β at the classifier over
-      γ, z+ or α-β convolutions), which TPE alone reached only after 30–50 trials.
+    - ``pxp2024_{eps,gamma,zplus}_ab_fc``: ε(1e-6), γ(0.25) or z+ in every convolution
+      and α2β1 at the classifier, ranked with per-layer normalisation where the space
+      searches it. Every winner of this repository's digits-VGG searches had α-β at
+      the classifier (README, "LRP optimised by search"), and a probe of rule ×
+      aggregation × normalisation on that model (docs/performance.md) found
+      normalisation to be what makes α-β at the classifier pay; TPE alone took 30–60
+      trials to combine them.
 
     ViTs (early / middle / late / fc): ``pxp2024_cp_lrp`` (ε everywhere, softmax by
     CP-LRP, value path only) and ``pxp2024_gamma_early_cp`` (γ(0.25) in the early and
@@ -233,44 +235,36 @@ def known_good_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
     gamma = RuleSpec(name="gamma", param=0.25)
     zplus = RuleSpec(name="zplus")
     ab = RuleSpec(name="alpha_beta", param=2.0)
-    candidates: list[tuple[str, dict[str, RuleSpec], SoftmaxRule]]
+    normalize = True if space.search_normalization else space.fixed_normalize
+    candidates: list[tuple[str, dict[str, RuleSpec], SoftmaxRule, bool]]
     if space.family == "cnn":
         candidates = [
             (
                 "pxp2024_eps_over_zplus",
                 _rules(groups, {"low": zplus, "mid": zplus, "high": eps_high}, eps),
                 "attnlrp",
-            ),
-            (
-                "pxp2024_gamma_ab_fc",
-                _rules(groups, {"low": gamma, "mid": gamma, "high": gamma}, ab),
-                "attnlrp",
-            ),
-            (
-                "pxp2024_zplus_ab_fc",
-                _rules(groups, {"low": zplus, "mid": zplus, "high": zplus}, ab),
-                "attnlrp",
+                space.fixed_normalize,
             ),
         ]
+        for name, conv in (("eps", eps), ("gamma", gamma), ("zplus", zplus)):
+            rules = _rules(groups, {"low": conv, "mid": conv, "high": conv}, ab)
+            candidates.append((f"pxp2024_{name}_ab_fc", rules, "attnlrp", normalize))
     else:
         candidates = [
-            ("pxp2024_cp_lrp", {}, "cp_lrp"),
+            ("pxp2024_cp_lrp", {}, "cp_lrp", space.fixed_normalize),
             (
                 "pxp2024_gamma_early_cp",
                 _rules(groups, {"early": gamma, "middle": gamma, "late": eps}, eps),
                 "cp_lrp",
+                space.fixed_normalize,
             ),
         ]
     return [
         (
             role,
             space.normalise(
-                TrialConfig(
-                    CompositeSpec(rules=rules, softmax=softmax),
-                    space.fixed_aggregation,
-                    space.fixed_normalize,
-                )
+                TrialConfig(CompositeSpec(rules=rules, softmax=softmax), space.fixed_aggregation, norm)
             ),
         )
-        for role, rules, softmax in candidates
+        for role, rules, softmax, norm in candidates
     ]

@@ -161,10 +161,10 @@ def test_the_user_and_literature_composites_are_tried_right_after_the_default(
     vgg: Bed, prune: PruneSpec
 ) -> None:
     user = CompositeSpec(rules={"low": RuleSpec(name="zplus"), "fc": RuleSpec(name="gamma", param=0.5)})
-    outcome = _search(vgg, prune, SearchSpec(trials=9), base=AttributionSpec(composite=user))
+    outcome = _search(vgg, prune, SearchSpec(trials=10), base=AttributionSpec(composite=user))
     roles = [row["user_attrs"].get("pxp_role") for row in outcome.history]
-    seeds = ["default", "user", "yeom2021", "montavon2019"]
-    seeds += ["pxp2024_eps_over_zplus", "pxp2024_gamma_ab_fc", "pxp2024_zplus_ab_fc"]
+    seeds = ["default", "user", "yeom2021", "montavon2019", "pxp2024_eps_over_zplus"]
+    seeds += ["pxp2024_eps_ab_fc", "pxp2024_gamma_ab_fc", "pxp2024_zplus_ab_fc"]
     assert roles == [*seeds, None, None]
     assert outcome.best_value >= max(row["value"] for row in outcome.history[: len(seeds)])
     second = outcome.history[1]
