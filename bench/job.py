@@ -166,7 +166,7 @@ def convergence(args: argparse.Namespace) -> None:
         spec = job_spec(model, args, search=False)
         state = pipeline.build_state(spec, pipeline.silent())
         for s in range(args.sampler_seeds):
-            seed = 100 + s
+            seed = args.first_sampler_seed + s
             started = time.perf_counter()
             outcome = run_search(
                 model=state.prepared,
@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30, help="search budget of the search job")
     parser.add_argument("--sampler-trials", type=int, default=100)
     parser.add_argument("--sampler-seeds", type=int, default=2)
+    parser.add_argument("--first-sampler-seed", type=int, default=100)
     parser.add_argument(
         "--max-eval-samples", type=int, default=None, help="cap on the search and test splits"
     )
