@@ -11,6 +11,13 @@ every logit and every relevance is zero, and the rank comparison would be vacuou
 
     python bench/attribution_speed.py                       # digits ResNet-18 + resnet50@224
     python bench/attribution_speed.py --models vit_b_16 --samples 16
+    python bench/attribution_speed.py --memory --models resnet50 --threads 1   # peak RSS per batch size
+
+``--memory``: per model (random weights), the peak RSS of one LRP collection at
+each of ``--memory-batches`` batch sizes (VmHWM reset before each), the growth per
+added sample against one sample's summed module outputs (the estimate
+:mod:`pxp.attribution.memory` sizes batches with), the batch size it would choose
+now, and the torch profiler's largest CPU allocations by operator for one batch.
 """
 
 from __future__ import annotations
@@ -131,6 +138,54 @@ def bench_model(
     }
 
 
+def memory_model(name: str, batches: list[int], device: torch.device, components: str | None) -> None:
+    from pxp.attribution.memory import (
+        ACTIVATION_FACTOR,
+        available_bytes,
+        fit_batch_size,
+        output_bytes_per_sample,
+    )
+
+    info = get_architecture(name)
+    loaded = build_model(ModelSpec(architecture=name, kwargs={"num_classes": 10}))
+    randomize_zero_linears(loaded.model)
+    prepared = prepare_model(loaded.model, info.family).to(device)
+    layers = find_layers(prepared, info.family, components)
+    gen = torch.Generator().manual_seed(0)
+    n = max(batches)
+    x = torch.randn(n, info.input_channels, info.image_size, info.image_size, generator=gen).to(device)
+    y = torch.randint(0, loaded.num_classes, (n,), generator=gen).to(device)
+    per_sample = output_bytes_per_sample(prepared, x)
+    compute_scores(ScoringContext(prepared, info.family, layers, x[:1], y[:1]), AttributionSpec(batch_size=1))
+    rows = []
+    for b in batches:
+        ctx = ScoringContext(prepared, info.family, layers, x[:b], y[:b])
+        reset_memory(device)
+        before = peak_memory_mb(device)
+        _, _, peak = timed_scores(ctx, AttributionSpec(criterion="lrp", batch_size=b), device)
+        rows.append((b, before, peak))
+    print(f"\n### {name} at {info.image_size}px (random weights), LRP ε composite\n")
+    print(f"one sample's summed module outputs: {per_sample / 2**20:.1f} MB")
+    print("| batch | RSS before MB | peak RSS MB | peak − before MB |")
+    print("|---|---|---|---|")
+    for b, before, peak in rows:
+        print(f"| {b} | {before:.0f} | {peak:.0f} | {peak - before:.0f} |")
+    (b0, _, p0), (b1, _, p1) = rows[0], rows[-1]
+    growth = (p1 - p0) * 2**20 / (b1 - b0)
+    print(
+        f"\ngrowth per added sample: {growth / 2**20:.1f} MB = {growth / per_sample:.2f}× the summed outputs "
+        f"(the estimate uses {ACTIVATION_FACTOR:g}×); free now {available_bytes(device) / 2**30:.1f} GiB → "
+        f"auto batch for a requested 256: {fit_batch_size(prepared, x, 256)}"
+    )
+    from torch.profiler import ProfilerActivity, profile
+
+    ctx = ScoringContext(prepared, info.family, layers, x[:2], y[:2])
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        compute_scores(ctx, AttributionSpec(criterion="lrp", batch_size=2))
+    print("\nlargest CPU allocations by operator (batch 2, torch profiler, self memory):\n")
+    print(prof.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=8))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,8 +195,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--components", default=None, help="heads|neurons for ViTs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--memory", action="store_true", help="peak memory per batch size instead")
+    parser.add_argument("--memory-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.memory:
+        for name in args.models:
+            memory_model(name, args.memory_batches, device, args.components)
+        return
     print(f"device: {device}, torch threads: {torch.get_num_threads()}")
     header = (
         "| model | images | per-sample img/s | batched img/s | speed-up | Spearman ρ | "

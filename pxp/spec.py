@@ -160,6 +160,10 @@ class SearchSpec(_Strict):
     timeout_s: float | None = Field(None, gt=0)
     sampler: Literal["tpe", "random"] = "tpe"
     median_pruning: bool = False
+    #: Stop a trial as soon as its partial curve proves it cannot beat the best (exact; pxp.search.evaluator).
+    exact_pruning: bool = True
+    #: Stop the search once this many finished trials in a row did not raise the best A_PR (None: never).
+    plateau_trials: int | None = Field(15, ge=1)
     storage: str | None = None
     study_name: str | None = None
     seed: int = 0

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pxp.attribution.engine import Signal, collect, collect_integrated_gradients
+from pxp.attribution.memory import fit_batch_size
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidSpecError
 from pxp.spec import AttributionSpec, CriterionName
@@ -41,14 +42,28 @@ def register(name: CriterionName) -> Callable[[Criterion], Criterion]:
     return decorator
 
 
-def _collect(model: nn.Module, ctx: ScoringContext, spec: AttributionSpec, signal: Signal) -> Scores:
+def _batch_size(ctx: ScoringContext, spec: AttributionSpec) -> int:
+    """The spec's batch size, lowered where one batch would not fit the free memory.
+
+    Measured on ``ctx.model`` before any composite hooks it (one plain forward of one sample).
+    """
+    return fit_batch_size(ctx.model, ctx.x, spec.batch_size)
+
+
+def _collect(
+    model: nn.Module,
+    ctx: ScoringContext,
+    spec: AttributionSpec,
+    signal: Signal,
+    batch_size: int | None = None,
+) -> Scores:
     return collect(
         model,
         ctx.layers,
         ctx.x,
         ctx.y,
         signal=signal,
-        batch_size=spec.batch_size,
+        batch_size=batch_size if batch_size is not None else _batch_size(ctx, spec),
         signed=spec.aggregation == "signed",
     )
 
@@ -57,9 +72,10 @@ def _collect(model: nn.Module, ctx: ScoringContext, spec: AttributionSpec, signa
 def lrp_scores(ctx: ScoringContext, spec: AttributionSpec) -> Scores:
     from pxp.attribution.lrp import build_composite
 
+    batch_size = _batch_size(ctx, spec)
     composite = build_composite(ctx.model, ctx.family, spec.effective_composite())
     with composite.context(ctx.model) as canonized:
-        return _collect(canonized, ctx, spec, "relevance")
+        return _collect(canonized, ctx, spec, "relevance", batch_size)
 
 
 @register("gradient")
@@ -81,7 +97,7 @@ def integrated_gradients_scores(ctx: ScoringContext, spec: AttributionSpec) -> S
         ctx.x,
         ctx.y,
         steps=spec.ig_steps,
-        batch_size=spec.batch_size,
+        batch_size=_batch_size(ctx, spec),
         signed=spec.aggregation == "signed",
     )
 

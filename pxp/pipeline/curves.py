@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pxp.pipeline.state import JobState
-from pxp.pruning.curve import area_under_curve, masked_curve, safe_rate
+from pxp.pruning.curve import area_under_curve, safe_rate
+from pxp.pruning.evaluate import evaluate_curve
 from pxp.pruning.ranking import PruneOrder
 from pxp.spec import CurveResult
 from pxp.stages import StageStore, stage_key
@@ -29,7 +30,11 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
     if cached is not None:
         return CurveResult.model_validate(cached)
     x, y = state.test if split == "test" else state.search
-    accuracies = masked_curve(state.prepared, order, prune.rates, x, y)
+    # The fast sweep's accuracies are identical to masking's, so the cache key does not name the method.
+    planner = state.planner() if state.curve_method == "auto" else None
+    accuracies = evaluate_curve(
+        state.prepared, order, prune.rates, x, y, method=state.curve_method, planner=planner
+    )
     safe = safe_rate(prune.rates, accuracies, prune.max_accuracy_drop)
     keep = order.keep_masks(safe)
     result = CurveResult(

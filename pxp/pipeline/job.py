@@ -45,6 +45,7 @@ def run(
     progress: ProgressCallback | None = None,
     *,
     study_storage: str | None = None,
+    baseline: bool = False,
 ) -> JobResult:
     """Run a whole compression job; artifacts land in ``out_dir`` and are listed in the result.
 
@@ -55,6 +56,9 @@ def run(
         progress: called with a :class:`~pxp.spec.ProgressEvent` between steps; it may
             raise :class:`~pxp.errors.JobCancelledError` to stop the job there.
         study_storage: an Optuna storage URL for the search (default: SQLite in ``out_dir``).
+        baseline: internal, for ``bench/job.py``: run the path this one replaced (masked
+            curves; the search without the per-family seeds, exact pruning and plateau
+            stop) to measure against in the same process. Curves are identical either way.
 
     Returns:
         The :class:`~pxp.spec.JobResult`, also written to ``out_dir/results.json``.
@@ -72,6 +76,8 @@ def run(
     started = time.monotonic()
 
     state = build_state(spec, report)
+    if baseline:
+        state.curve_method = "masked"
     curves: list[CurveResult] = []
     orders: dict[str, PruneOrder] = {}
     scored: dict[str, tuple[AttributionSpec, dict[str, torch.Tensor]]] = {}
@@ -95,7 +101,7 @@ def run(
     if spec.search is not None:
         report("search", 0, message="tuning the LRP composite")
         search_result, best_curve, default_curve, search_artifacts = run_job_search(
-            state, out_dir, store, report, study_storage
+            state, out_dir, store, report, study_storage, baseline=baseline
         )
         artifacts.update(search_artifacts)
         if not any(c.label == "lrp" and c.accuracies == default_curve.accuracies for c in curves):

@@ -19,6 +19,8 @@ def run_job_search(
     store: StageStore,
     report: Reporter,
     study_storage: str | None,
+    *,
+    baseline: bool = False,
 ) -> tuple[SearchResult, CurveResult, CurveResult, dict[str, str]]:
     """Tune LRP on the search split, then measure the best and the default composite on the test split.
 
@@ -43,6 +45,7 @@ def run_job_search(
         storage=storage,
         base=spec.criteria[0],
         progress=on_trial,
+        baseline=baseline,
     )
     artifacts = write_search_artifacts(outcome, out_dir)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -12,7 +12,9 @@ from pxp.data import LabelledData, Splits, load_data, make_splits
 from pxp.errors import InvalidDataError, InvalidSpecError
 from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
+from pxp.pruning.evaluate import CurveMethod, make_planner
 from pxp.pruning.ranking import PruneOrder, rank
+from pxp.pruning.removal.plan import Planner
 from pxp.spec import JobSpec
 
 
@@ -50,6 +52,17 @@ class JobState:
     reference: tuple[torch.Tensor, torch.Tensor]
     search: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
+    #: How curves are evaluated; "masked" only to measure the fast path against (bench/job.py).
+    curve_method: CurveMethod = "auto"
+    _planner: Planner | None = field(default=None, init=False, repr=False)
+    _planned: bool = field(default=False, init=False, repr=False)
+
+    def planner(self) -> Planner | None:
+        """The removal planner of the prunable layers, built once per job (None: curves use masking)."""
+        if not self._planned:
+            self._planner = make_planner(self.prepared, self.family, self.layers, self.test[0])
+            self._planned = True
+        return self._planner
 
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""

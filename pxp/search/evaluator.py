@@ -12,7 +12,22 @@ Shared across the trials of a search:
   normalisation reuse it; a configuration seen before is not evaluated again.
 
 So a trial costs at most one relevance pass of its own composite (γ, α-β and z+
-passes cost more than ε ones) plus one curve without its rate-0 point.
+passes cost more than ε ones) plus one curve without its rate-0 point, evaluated
+by :func:`pxp.pruning.evaluate.evaluate_curve` (the fast sweep where it is exact)
+with a removal planner built once per search.
+
+**Exact early stopping.** ``evaluate(config, beat=v)`` stops the curve, raising
+:class:`CannotBeat`, as soon as the trial's A_PR can no longer exceed ``v`` even
+if every rate not yet evaluated scored accuracy 1.0. That bound is the only one
+valid without assumptions: the unpruned accuracy is not an upper bound, since a
+pruned model can classify a finite split *better* than the unpruned one (a
+removed component may have pushed a few samples to a wrong class). A_PR is the
+mean of the accuracies, so the bound is (Σ known + (n − known) · 1.0) / n; a
+margin of 1e-9 (far below the 1/N granularity of an accuracy) keeps float
+rounding from ever stopping a trial that would have tied or won. The highest
+rates have the lowest accuracies and, sliced, cost least, so without median
+pruning the rates are evaluated from the highest down: the bound falls fastest,
+and the expensive low rates are the ones skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -28,9 +44,12 @@ from zennit.core import Composite
 
 from pxp.attribution.engine import backward_signals, batches
 from pxp.attribution.lrp import build_composite
+from pxp.attribution.memory import fit_batch_size
 from pxp.components import Family, PrunableLayer, aggregate
-from pxp.pruning.curve import accuracy, area_under_curve, masked_curve
+from pxp.pruning.curve import accuracy, area_under_curve
+from pxp.pruning.evaluate import CurveMethod, evaluate_curve, make_planner
 from pxp.pruning.ranking import rank
+from pxp.pruning.removal.plan import Planner
 from pxp.search.rates import coarse_to_fine, estimated_apr
 from pxp.search.space import TrialConfig
 from pxp.spec import Aggregation, CompositeSpec
@@ -38,6 +57,25 @@ from pxp.spec import Aggregation, CompositeSpec
 Scores = dict[str, torch.Tensor]
 #: Called after each curve point with (step, rate, accuracy, A_PR estimate so far); may raise to stop.
 PointCallback = Callable[[int, float, float, float], None]
+#: The order a trial's rates are evaluated in (see the module docstring).
+RateOrder = Literal["coarse_to_fine", "descending"]
+#: A trial is stopped only when its A_PR bound is below the value to beat by more than this.
+BOUND_MARGIN = 1e-9
+
+
+class CannotBeat(Exception):
+    """The partial curve proves the trial's A_PR cannot exceed the value it had to beat."""
+
+    def __init__(self, step: int, bound: float, beat: float, estimate: float) -> None:
+        super().__init__(f"A_PR ≤ {bound:.6f} after {step + 1} rates, cannot beat {beat:.6f}")
+        self.step, self.bound, self.beat, self.estimate = step, bound, beat, estimate
+
+
+def apr_upper_bound(rates: list[float], known: dict[float, float]) -> float:
+    """The largest A_PR the curve can still reach: every rate not in ``known`` at accuracy 1.0."""
+    return (sum(known[r] for r in rates if r in known) + sum(1.0 for r in rates if r not in known)) / len(
+        rates
+    )
 
 
 class SharedCanonization:
@@ -124,6 +162,9 @@ class TrialEvaluator:
     min_keep: int = 1
     batch_size: int = 32
     eval_batch_size: int = 256
+    #: "auto": the fast sweep where exact; "masked": the reference (to benchmark against).
+    curve_method: CurveMethod = "auto"
+    rate_order: RateOrder = "coarse_to_fine"
     _shared: SharedCanonization = field(init=False)
     _scores: dict[str, dict[Aggregation, Scores]] = field(init=False, default_factory=dict)
     _results: dict[str, TrialMeasure] = field(init=False, default_factory=dict)
@@ -136,9 +177,17 @@ class TrialEvaluator:
         self.reference = (self.reference[0].to(device), self.reference[1].to(device))
         self.evaluation = (self.evaluation[0].to(device), self.evaluation[1].to(device))
         self.rates = sorted(self.rates)
-        self._order = coarse_to_fine(self.rates)
+        self._order = (
+            coarse_to_fine(self.rates)
+            if self.rate_order == "coarse_to_fine"
+            else sorted(self.rates[1:])[::-1]
+        )
+        self._planner: Planner | None = None
+        self._planned = False
         self._shared = SharedCanonization(self.model, self.family)
         self.unpruned_accuracy = accuracy(self.model, *self.evaluation, self.eval_batch_size)
+        # Lowered where one relevance batch would not fit the free memory (measured once per search).
+        self.batch_size = fit_batch_size(self.model, self.reference[0], self.batch_size)
 
     def scores(self, composite: CompositeSpec) -> tuple[dict[Aggregation, Scores], bool]:
         """Scores of every aggregation for ``composite``, and whether they were already known."""
@@ -153,8 +202,21 @@ class TrialEvaluator:
         self._scores[key] = result
         return result, False
 
-    def evaluate(self, config: TrialConfig, on_point: PointCallback | None = None) -> TrialMeasure:
-        """The search-split A_PR of ``config``; ``on_point`` sees the coarse-to-fine partial curve."""
+    def planner(self) -> Planner | None:
+        """The removal planner for the fast sweep, built on first use and shared by every trial."""
+        if not self._planned and self.curve_method == "auto":
+            self._planner = make_planner(self.model, self.family, self.layers, self.evaluation[0])
+            self._planned = True
+        return self._planner
+
+    def evaluate(
+        self, config: TrialConfig, on_point: PointCallback | None = None, *, beat: float | None = None
+    ) -> TrialMeasure:
+        """The search-split A_PR of ``config``; ``on_point`` sees the partial curve after each rate.
+
+        With ``beat``, raises :class:`CannotBeat` (after ``on_point`` saw the rate that
+        proved it) once the A_PR cannot exceed ``beat`` (see the module docstring).
+        """
         key = config.key()
         if key in self._results:
             return replace(
@@ -174,12 +236,24 @@ class TrialEvaluator:
 
         def point(step: int, rate: float, acc: float) -> None:
             known[rate] = acc
+            estimate = estimated_apr(self.rates, known)
             if on_point is not None:
-                on_point(step, rate, acc, estimated_apr(self.rates, known))
+                on_point(step, rate, acc, estimate)
+            if beat is not None and len(known) < len(self.rates):
+                bound = apr_upper_bound(self.rates, known)
+                if bound + BOUND_MARGIN < beat:
+                    raise CannotBeat(step, bound, beat, estimate)
 
         start = time.perf_counter()
-        masked_curve(
-            self.model, order, self._order, *self.evaluation, batch_size=self.eval_batch_size, on_rate=point
+        evaluate_curve(
+            self.model,
+            order,
+            self._order,
+            *self.evaluation,
+            batch_size=self.eval_batch_size,
+            on_rate=point,
+            method=self.curve_method,
+            planner=self.planner(),
         )
         curve_s = time.perf_counter() - start
         measure = TrialMeasure(

@@ -3,6 +3,25 @@
 The objective is A_PR on the **search split**. The test split is not an
 argument: the search cannot see it, and the caller reports test figures for
 :attr:`SearchOutcome.best` and :attr:`SearchOutcome.default` itself.
+
+How it converges quickly (all seeded and resumable):
+
+- **Seeds.** The study starts with enqueued known-good composites: the paper's ε
+  default (trial 0, the baseline), the user's composite, the literature's
+  (:func:`~pxp.search.space.literature_configs`) and the per-family winners
+  (:func:`~pxp.search.space.known_good_configs`). They count among TPE's start-up
+  trials, so TPE models the space from informed points at once.
+- **Sampler.** Multivariate TPE with ``group=True`` (the rule parameters are
+  conditional on the rule), seeded (:func:`pxp.search.study.make_sampler`).
+- **Exact trial pruning** (``SearchSpec.exact_pruning``, on by default): a trial
+  whose partial curve proves it cannot beat the best complete trial is stopped
+  (:class:`~pxp.search.evaluator.CannotBeat`, reported to Optuna as pruned). It
+  could not have won, so the best configuration is the one a full evaluation of
+  every trial would find among the same trials. Enqueued seeds are never pruned.
+- **Plateau stop** (``SearchSpec.plateau_trials``, default 15): the search ends once
+  that many finished trials in a row (in trial-number order, counting earlier
+  runs of the study) have not raised the best A_PR. The rule reads only the stored
+  trials, so a resumed plateaued study stops again at once.
 """
 
 from __future__ import annotations
@@ -20,8 +39,15 @@ from torch import nn
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidDataError, InvalidSpecError
 from pxp.search import study as studies
-from pxp.search.evaluator import TrialEvaluator
-from pxp.search.space import SearchSpace, TrialConfig, composite_groups, default_config, literature_configs
+from pxp.search.evaluator import CannotBeat, TrialEvaluator
+from pxp.search.space import (
+    SearchSpace,
+    TrialConfig,
+    composite_groups,
+    default_config,
+    known_good_configs,
+    literature_configs,
+)
 from pxp.spec import AttributionSpec, PruneSpec, SearchSpec
 
 #: ``progress(finished trials, trial budget, best search-split A_PR so far)``, after every trial.
@@ -53,6 +79,8 @@ class SearchOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     importances: dict[str, float] = field(default_factory=dict)
     requeued_trials: list[int] = field(default_factory=list)
+    #: The search ended on the plateau rule before its trial budget.
+    stopped_on_plateau: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +100,7 @@ class SearchOutcome:
             "trials_pruned": self.trials_pruned,
             "trials_failed": self.trials_failed,
             "requeued_trials": self.requeued_trials,
+            "stopped_on_plateau": self.stopped_on_plateau,
             "importances": self.importances,
             "history": self.history,
         }
@@ -113,6 +142,7 @@ def run_search(
     study_name: str | None = None,
     base: AttributionSpec | None = None,
     progress: ProgressCallback | None = None,
+    baseline: bool = False,
 ) -> SearchOutcome:
     """Run (or resume) the search and return its best configuration.
 
@@ -128,6 +158,11 @@ def run_search(
     Budgets: ``spec.trials`` finished (complete or pruned) trials in the study,
     counting those of earlier runs; ``spec.timeout_s`` wall-clock seconds, also
     counting earlier runs' trials.
+
+    ``baseline=True`` runs the search as it was before the fast path (masked
+    curves, coarse-to-fine rates, only the default, user and literature seeds, no
+    exact pruning, no plateau stop): internal, for ``bench/job.py`` to measure
+    the product's path against in the same process.
     """
     base = base or AttributionSpec.model_validate({})
     try:
@@ -168,6 +203,8 @@ def run_search(
             )
         )
     starts += literature_configs(space)
+    if not baseline:
+        starts += known_good_configs(space)
     seen: set[str] = set()
     enqueue = []
     for role, config in starts:
@@ -193,8 +230,15 @@ def run_search(
                 aggregations=("abs", "signed") if spec.search_aggregation else (base.aggregation,),
                 min_keep=prune.min_keep,
                 batch_size=base.batch_size,
+                curve_method="masked" if baseline else "auto",
+                # Median pruning compares partial curves, which need the coarse-to-fine order;
+                # the exact bound falls fastest from the highest rate down.
+                rate_order="coarse_to_fine" if baseline or spec.median_pruning else "descending",
             )
         return evaluator
+
+    exact_pruning = spec.exact_pruning and not baseline
+    plateau = None if baseline else spec.plateau_trials
 
     def objective(trial: optuna.Trial) -> float:
         config = space.suggest(trial)
@@ -204,12 +248,18 @@ def run_search(
         prunable = studies.ROLE_ATTR not in trial.user_attrs
 
         def on_point(step: int, _rate: float, _acc: float, estimate: float) -> None:
-            if spec.median_pruning:
+            if spec.median_pruning or exact_pruning:
                 trial.report(estimate, step)
-                if prunable and trial.should_prune():
-                    raise optuna.TrialPruned()
+            if spec.median_pruning and prunable and trial.should_prune():
+                raise optuna.TrialPruned()
 
-        measure = get_evaluator().evaluate(config, on_point)
+        beat = _best_value(trial.study) if exact_pruning and prunable else None
+        try:
+            measure = get_evaluator().evaluate(config, on_point, beat=beat)
+        except CannotBeat as stop:
+            trial.set_user_attr("pxp_bound", stop.bound)
+            trial.set_user_attr("pxp_beat", stop.beat)
+            raise optuna.TrialPruned(str(stop)) from None
         trial.set_user_attr("relevance_s", round(measure.relevance_s, 4))
         trial.set_user_attr("curve_s", round(measure.curve_s, 4))
         trial.set_user_attr("reused_relevance", measure.reused_relevance)
@@ -226,21 +276,44 @@ def run_search(
             best = _best_value(done_study)
             progress(min(done, spec.trials), spec.trials, best)
 
+    def stop_on_plateau(done_study: optuna.Study, _trial: FrozenTrial) -> None:
+        if plateau is not None and _since_best(done_study) >= plateau:
+            done_study.stop()
+
     remaining = spec.trials - studies.count_finished(study)
     time_left = None if spec.timeout_s is None else spec.timeout_s - studies.seconds_spent(study)
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
         optuna.study.MaxTrialsCallback(spec.trials, states=studies.FINISHED),
         report,
+        stop_on_plateau,
     ]
-    if remaining > 0 and (time_left is None or time_left > 0):
+    # A resumed study that already plateaued runs nothing more (beyond the baseline, if it is missing).
+    plateaued = plateau is not None and _since_best(study) >= plateau
+    if remaining > 0 and not plateaued and (time_left is None or time_left > 0):
         study.optimize(objective, n_trials=remaining, timeout=time_left, callbacks=callbacks)
     elif remaining > 0 and _default_trial(study) is None:
         # The wall-clock budget is spent, but the baseline every result is compared with must exist.
         study.optimize(objective, n_trials=1, callbacks=callbacks)
 
-    return _outcome(
+    outcome = _outcome(
         study, space, base, url, fingerprint, search_sha, reference_sha, requeued, spec, get_evaluator
     )
+    outcome.stopped_on_plateau = (
+        plateau is not None and _since_best(study) >= plateau and studies.count_finished(study) < spec.trials
+    )
+    return outcome
+
+
+def _since_best(study: optuna.Study) -> int:
+    """Finished trials after the one that set the best A_PR (all finished trials when none completed)."""
+    finished = sorted(study.get_trials(deepcopy=False, states=studies.FINISHED), key=lambda t: t.number)
+    best, since = float("-inf"), 0
+    for trial in finished:
+        if trial.state == TrialState.COMPLETE and trial.value is not None and trial.value > best:
+            best, since = trial.value, 0
+        else:
+            since += 1
+    return since
 
 
 def _best_value(study: optuna.Study) -> float | None:

@@ -199,3 +199,72 @@ def literature_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
         )
         for role, rules in (("yeom2021", alpha_beta), ("montavon2019", layered))
     ]
+
+
+def _rules(groups: tuple[str, ...], pick: dict[str, RuleSpec], fc: RuleSpec) -> dict[str, RuleSpec]:
+    return {g: fc if g == "fc" else pick[g] for g in groups if g in pick or g == "fc"}
+
+
+def known_good_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
+    """Per-family composites that pruned best in published and in our own searches, tried before TPE explores.
+
+    CNNs (low / mid / high / fc):
+
+    - ``pxp2024_eps_over_zplus``: z+ in the low and mid convolutions, ε(0.25) in the
+      high ones, ε(1e-6) at the classifier: the layer-wise pattern ("ε above, γ / z+
+      below") that Hatefi et al., "Pruning By Explaining Revisited" (2024), found to
+      beat uniform rules for CNNs;
+    - ``pxp2024_{eps,gamma,zplus}_ab_fc``: ε(1e-6), γ(0.25) or z+ in every convolution
+      and α2β1 at the classifier, ranked with per-layer normalisation where the space
+      searches it. Every winner of this repository's digits-VGG searches had α-β at
+      the classifier (README, "LRP optimised by search"), and a probe of rule ×
+      aggregation × normalisation on that model (docs/performance.md) found
+      normalisation to be what makes α-β at the classifier pay; TPE alone took 30–60
+      trials to combine them.
+
+    ViTs (early / middle / late / fc): ``pxp2024_cp_lrp`` (ε everywhere, softmax by
+    CP-LRP, value path only) and ``pxp2024_gamma_early_cp`` (γ(0.25) in the early and
+    middle blocks, ε above, CP-LRP), the AttnLRP-style choices the 2024 paper
+    reports strongest for transformers.
+
+    Seeding only adds starting points: the search's best can only improve on them.
+    """
+    groups = space.groups
+    eps = RuleSpec(name="epsilon", param=1e-6)
+    eps_high = RuleSpec(name="epsilon", param=0.25)
+    gamma = RuleSpec(name="gamma", param=0.25)
+    zplus = RuleSpec(name="zplus")
+    ab = RuleSpec(name="alpha_beta", param=2.0)
+    normalize = True if space.search_normalization else space.fixed_normalize
+    candidates: list[tuple[str, dict[str, RuleSpec], SoftmaxRule, bool]]
+    if space.family == "cnn":
+        candidates = [
+            (
+                "pxp2024_eps_over_zplus",
+                _rules(groups, {"low": zplus, "mid": zplus, "high": eps_high}, eps),
+                "attnlrp",
+                space.fixed_normalize,
+            ),
+        ]
+        for name, conv in (("eps", eps), ("gamma", gamma), ("zplus", zplus)):
+            rules = _rules(groups, {"low": conv, "mid": conv, "high": conv}, ab)
+            candidates.append((f"pxp2024_{name}_ab_fc", rules, "attnlrp", normalize))
+    else:
+        candidates = [
+            ("pxp2024_cp_lrp", {}, "cp_lrp", space.fixed_normalize),
+            (
+                "pxp2024_gamma_early_cp",
+                _rules(groups, {"early": gamma, "middle": gamma, "late": eps}, eps),
+                "cp_lrp",
+                space.fixed_normalize,
+            ),
+        ]
+    return [
+        (
+            role,
+            space.normalise(
+                TrialConfig(CompositeSpec(rules=rules, softmax=softmax), space.fixed_aggregation, norm)
+            ),
+        )
+        for role, rules, softmax, norm in candidates
+    ]

@@ -69,7 +69,7 @@ def test_rerun_resumes_from_checkpointed_stages(tmp_path: Path, monkeypatch: pyt
     calls = {"scores": 0, "curve": 0}
     from pxp.pipeline import curves, scoring
 
-    original_scores, original_curve = scoring.compute_scores, curves.masked_curve
+    original_scores, original_curve = scoring.compute_scores, curves.evaluate_curve
 
     def counting_scores(*a, **k):
         calls["scores"] += 1
@@ -80,7 +80,7 @@ def test_rerun_resumes_from_checkpointed_stages(tmp_path: Path, monkeypatch: pyt
         return original_curve(*a, **k)
 
     monkeypatch.setattr(scoring, "compute_scores", counting_scores)
-    monkeypatch.setattr(curves, "masked_curve", counting_curve)
+    monkeypatch.setattr(curves, "evaluate_curve", counting_curve)
     second = pipeline.run(_spec(), tmp_path)
     assert calls == {"scores": 0, "curve": 0}
     assert second.curves == first.curves
