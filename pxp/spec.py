@@ -175,8 +175,11 @@ def _default_formats() -> list[ExportFormat]:
 
 
 class ExportSpec(_Strict):
+    """What the export stage writes; ``measure_latency`` times original vs compressed on the job's device."""
+
     formats: list[ExportFormat] = Field(default_factory=_default_formats)
     enabled: bool = True
+    measure_latency: bool = True
 
 
 class JobSpec(_Strict):

@@ -12,6 +12,7 @@ from pxp.pipeline.state import JobState
 from pxp.pruning.cost import count_cost, removed_fractions
 from pxp.pruning.curve import accuracy
 from pxp.pruning.export import export_compressed
+from pxp.pruning.latency import latency_summary, measure_latency
 from pxp.pruning.removal import remove_pruned
 
 VERIFY_SAMPLES = 64
@@ -63,6 +64,9 @@ def export_job(
         "verification_max_abs_diff": removal.max_abs_diff,
         "verification_tolerance": removal.tolerance,
     }
+    if state.spec.export.measure_latency:
+        points = measure_latency(state.prepared, removal.model, input_shape, state.device)
+        summary["latency"] = latency_summary(points, state.device)
     attribution = next(
         (a.model_dump(mode="json") for a in state.spec.criteria if a.label == label),
         {"criterion": label},

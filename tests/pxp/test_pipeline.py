@@ -128,3 +128,28 @@ def test_exported_checkpoint_reloads_with_the_reported_accuracy(tmp_path: Path) 
     assert result.compression["test_accuracy"] == pytest.approx(
         result.curves[0].accuracies[RATES.index(0.25)]
     )
+
+
+def test_export_reports_measured_latency_in_result_manifest_and_results_json(tmp_path: Path) -> None:
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="weight")],
+        prune=PruneSpec(rates=RATES, rate=0.5),
+        export=ExportSpec(),
+    )
+    result = pipeline.run(spec, tmp_path)
+    assert result.compression is not None
+    latency = result.compression["latency"]
+    assert latency["statistic"] == "median" and latency["device"] == "cpu"
+    assert set(latency["batches"]) == {"1", "32"}
+    for point in latency["batches"].values():
+        assert point["original_ms"] > 0 and point["compressed_ms"] > 0 and point["repeats"] >= 3
+        assert point["speedup"] == pytest.approx(point["original_ms"] / point["compressed_ms"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["metrics"]["latency"] == latency
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["compression"]["latency"] == latency
+
+    off = pipeline.run(
+        spec.model_copy(update={"export": ExportSpec(measure_latency=False)}), tmp_path / "off"
+    )
+    assert off.compression is not None and "latency" not in off.compression
