@@ -133,7 +133,18 @@ class SplitSpec(_Strict):
     seed: int = 0
 
 
+RecoveryName = Literal["bn_reestimate", "mean_fold"]
+
+
 class PruneSpec(_Strict):
+    """Which components are pruned and how the rate is chosen.
+
+    ``recovery`` lists closed-form, train-free recoveries applied to the masked model
+    at every evaluated rate and to the exported model (:mod:`pxp.pruning.recovery`).
+    ``refine_steps`` bounds the bisection between grid rates that refines the safe
+    rate on the search split when ``rate`` is not given (0 turns it off).
+    """
+
     components: ComponentKind | None = None
     rates: list[float] = Field(default_factory=lambda: list(DEFAULT_RATES))
     normalize_per_layer: bool = False
@@ -141,6 +152,14 @@ class PruneSpec(_Strict):
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
     exclude: list[str] = Field(default_factory=list)
     rate: float | None = Field(None, ge=0.0, lt=1.0)
+    recovery: list[RecoveryName] = Field(default_factory=list)
+    refine_steps: int = Field(6, ge=0, le=20)
+
+    @field_validator("recovery")
+    @classmethod
+    def _ordered_recovery(cls, value: list[RecoveryName]) -> list[RecoveryName]:
+        order: tuple[str, ...] = get_args(RecoveryName)
+        return sorted(set(value), key=order.index)
 
     @field_validator("rates")
     @classmethod
@@ -253,6 +272,8 @@ class JobResult(BaseModel):
     curves: list[CurveResult]
     chosen_label: str
     chosen_rate: float
+    #: When the rate was refined between grid points: grid safe rate, refined rate, extra evaluations.
+    rate_refinement: dict[str, Any] | None = None
     search: SearchResult | None = None
     compression: dict[str, Any] | None = None
     artifacts: dict[str, str] = Field(default_factory=dict)

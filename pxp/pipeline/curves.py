@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pxp.pipeline.budget import recovery
 from pxp.pipeline.state import JobState
 from pxp.pruning.curve import area_under_curve, masked_curve, safe_rate
 from pxp.pruning.ranking import PruneOrder
+from pxp.pruning.recovery import recovered_curve
 from pxp.spec import CurveResult
 from pxp.stages import StageStore, stage_key
 
@@ -24,12 +26,17 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
         state.spec.data.model_dump(),
         state.spec.splits.model_dump(),
         order.order,
+        *([prune.recovery] if prune.recovery else []),
     )
     cached = store.load_json(key)
     if cached is not None:
         return CurveResult.model_validate(cached)
     x, y = state.test if split == "test" else state.search
-    accuracies = masked_curve(state.prepared, order, prune.rates, x, y)
+    if prune.recovery:
+        # Recovery changes the model per rate: evaluate the masked, recovered model at each rate.
+        accuracies = recovered_curve(recovery(state), order, prune.rates, x, y)
+    else:
+        accuracies = masked_curve(state.prepared, order, prune.rates, x, y)
     safe = safe_rate(prune.rates, accuracies, prune.max_accuracy_drop)
     keep = order.keep_masks(safe)
     result = CurveResult(

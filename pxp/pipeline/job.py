@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from pxp.pipeline.budget import refined_rate
 from pxp.pipeline.curves import curve
 from pxp.pipeline.export import export_job
 from pxp.pipeline.reporter import ProgressCallback, Reporter
@@ -102,13 +103,16 @@ def run(
         )
 
     chosen_order = orders[chosen_label]
+    rate_refinement = None
     if spec.prune.rate is not None:
         chosen_rate = spec.prune.rate
     else:
         # The rate is chosen on the search split, so the test split stays an unbiased report.
         search_curve = curve(state, chosen_label, chosen_order, "search", store)
-        chosen_rate = search_curve.safe_rate
-    report("export", 1, message=f"chosen: {chosen_label} at rate {chosen_rate:.2f}")
+        refinement = refined_rate(state, chosen_order, search_curve, store)
+        chosen_rate = refinement.refined_rate
+        rate_refinement = refinement.as_dict()
+    report("export", 1, message=f"chosen: {chosen_label} at rate {chosen_rate:.3f}")
 
     mask_file = out_dir / "mask.json"
     keep = chosen_order.keep_masks(chosen_rate)
@@ -153,6 +157,7 @@ def run(
         curves=curves,
         chosen_label=chosen_label,
         chosen_rate=chosen_rate,
+        rate_refinement=rate_refinement,
         search=search_result,
         compression=compression,
         artifacts=artifacts,

@@ -153,3 +153,43 @@ def test_export_reports_measured_latency_in_result_manifest_and_results_json(tmp
         spec.model_copy(update={"export": ExportSpec(measure_latency=False)}), tmp_path / "off"
     )
     assert off.compression is not None and "latency" not in off.compression
+
+
+def test_recovered_job_exports_the_model_its_curve_evaluated(tmp_path: Path) -> None:
+    from pxp.models.compressed import load_compressed
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=RATES, rate=0.5, recovery=["bn_reestimate", "mean_fold"]),
+        export=ExportSpec(measure_latency=False),
+    )
+    assert spec.prune.recovery == ["bn_reestimate", "mean_fold"]
+    result = pipeline.run(spec, tmp_path)
+    assert result.compression is not None
+    assert result.compression["recovery"] == ["bn_reestimate", "mean_fold"]
+    assert result.compression["verification_max_abs_diff"] <= result.compression["verification_tolerance"]
+    # The exported model is the recovered one: its test accuracy is the recovered curve's at 0.5.
+    assert result.compression["test_accuracy"] == pytest.approx(result.curves[0].accuracies[RATES.index(0.5)])
+    state = pipeline.build_state(spec, pipeline.silent())
+    x, y = state.test
+    assert accuracy(load_compressed(tmp_path), x, y) == pytest.approx(result.compression["test_accuracy"])
+    plain = pipeline.run(spec.model_copy(update={"prune": PruneSpec(rates=RATES, rate=0.5)}), tmp_path / "p")
+    assert plain.curves[0].accuracies != result.curves[0].accuracies
+
+
+def test_refined_rate_is_recorded_and_within_the_drop_on_the_search_split(tmp_path: Path) -> None:
+    spec = _spec(criteria=[AttributionSpec(criterion="lrp")], prune=PruneSpec(rates=RATES, refine_steps=4))
+    result = pipeline.run(spec, tmp_path)
+    refinement = result.rate_refinement
+    assert refinement is not None and result.chosen_rate == refinement["refined_rate"]
+    assert refinement["grid_safe_rate"] <= result.chosen_rate < refinement["grid_safe_rate"] + 0.25
+    assert 0 < len(refinement["evaluations"]) <= 4
+    state = pipeline.build_state(spec, pipeline.silent())
+    unpruned = accuracy(state.prepared, *state.search)
+    for rate, acc in refinement["evaluations"]:
+        if rate <= result.chosen_rate:
+            assert acc >= unpruned - spec.prune.max_accuracy_drop
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rate_refinement"] == refinement
+    mask = json.loads((tmp_path / "mask.json").read_text())
+    assert mask["rate"] == result.chosen_rate
