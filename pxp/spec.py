@@ -154,6 +154,10 @@ class PruneSpec(_Strict):
     rate: float | None = Field(None, ge=0.0, lt=1.0)
     recovery: list[RecoveryName] = Field(default_factory=list)
     refine_steps: int = Field(6, ge=0, le=20)
+    #: Rank channels tied by a residual addition as one group (summed relevance), removed together.
+    coupled: bool = False
+    #: β in relevance / cost^β (cost: MACs saved by removing the component or group); 0 = the paper's ranking.
+    cost_exponent: float = Field(0.0, ge=0.0, le=4.0)
 
     @field_validator("recovery")
     @classmethod
@@ -248,6 +252,9 @@ class CurveResult(BaseModel):
     kept_per_layer: dict[str, int] = Field(default_factory=dict)
     params_removed_fraction: float | None = None
     flops_removed_fraction: float | None = None
+    #: Per rate: fractions of MACs / parameters that structural removal saves (cost model; CNN only).
+    macs_removed: list[float] | None = None
+    params_removed: list[float] | None = None
 
 
 class SearchResult(BaseModel):

@@ -39,6 +39,11 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
         accuracies = masked_curve(state.prepared, order, prune.rates, x, y)
     safe = safe_rate(prune.rates, accuracies, prune.max_accuracy_drop)
     keep = order.keep_masks(safe)
+    macs_removed = params_removed = None
+    if state.family == "cnn":
+        graph = state.component_graph()
+        fractions = [graph.removed_fractions(order.keep_masks(rate)) for rate in prune.rates]
+        macs_removed, params_removed = [f[0] for f in fractions], [f[1] for f in fractions]
     result = CurveResult(
         label=label,
         split=split,
@@ -49,6 +54,8 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
         apr=area_under_curve(accuracies),
         safe_rate=safe,
         kept_per_layer={name: int(mask.sum()) for name, mask in keep.items()},
+        macs_removed=macs_removed,
+        params_removed=params_removed,
     )
     store.save_json(key, result.model_dump())
     return result

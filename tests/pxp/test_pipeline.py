@@ -193,3 +193,23 @@ def test_refined_rate_is_recorded_and_within_the_drop_on_the_search_split(tmp_pa
     assert saved["rate_refinement"] == refinement
     mask = json.loads((tmp_path / "mask.json").read_text())
     assert mask["rate"] == result.chosen_rate
+
+
+def test_coupled_cost_aware_job_reports_macs_curves_and_removes_residual_channels(tmp_path: Path) -> None:
+    spec = _spec(
+        model=ModelSpec(architecture="digits_resnet18", kwargs=TINY_KWARGS["digits_resnet18"]),
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=RATES, rate=0.5, coupled=True, cost_exponent=1.0),
+        export=ExportSpec(measure_latency=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    test_curve = result.curves[0]
+    assert test_curve.macs_removed is not None and test_curve.params_removed is not None
+    assert test_curve.macs_removed[0] == 0.0
+    assert test_curve.macs_removed == sorted(test_curve.macs_removed)
+    assert result.compression is not None
+    # The cost model's prediction at the exported rate is what removal achieved.
+    assert result.compression["flops_removed_fraction"] == pytest.approx(
+        test_curve.macs_removed[RATES.index(0.5)], abs=1e-9
+    )
+    assert result.compression["components_removed"] > 10 * result.compression["components_zeroed"]
