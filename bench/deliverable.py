@@ -80,10 +80,18 @@ def cnn_methods(beta: float) -> list[Method]:
         Method("+ refined rate", refine=True),
         Method("+ bn_reestimate", ("bn_reestimate",)),
         Method("+ mean_fold", ("mean_fold",)),
+        Method("+ least_squares", ("least_squares",)),
         Method("+ coupled", coupled=True),
         Method(f"+ cost β={beta:g}", beta=beta),
         all_on,
         Method("combined + mean_fold", ("mean_fold", "bn_reestimate"), coupled=True, beta=beta, refine=True),
+        Method(
+            "combined + least_squares",
+            ("least_squares", "bn_reestimate"),
+            coupled=True,
+            beta=beta,
+            refine=True,
+        ),
     ]
 
 

@@ -133,7 +133,7 @@ class SplitSpec(_Strict):
     seed: int = 0
 
 
-RecoveryName = Literal["bn_reestimate", "mean_fold"]
+RecoveryName = Literal["bn_reestimate", "mean_fold", "least_squares"]
 
 
 class PruneSpec(_Strict):

@@ -1,6 +1,6 @@
 """Closed-form, train-free recovery of a masked model (no gradient steps).
 
-Two transforms, applied in this order to the masked model at one rate:
+Three transforms, applied in this order to the masked model at one rate:
 
 ``mean_fold``
     A pruned CNN channel that is decoupled (its channel group has one producer,
@@ -17,6 +17,17 @@ Two transforms, applied in this order to the masked model at one rate:
     model, so upstream pruning at the same rate is not reflected in them. Channels
     of a residual stream (coupled groups) and consumers with neither bias nor a
     following BN are left alone. ViT models are left alone by this transform.
+
+``least_squares``
+    Layer by layer in forward order, every Conv2d / Linear consumer of a pruned,
+    decoupled channel is refitted by ridge regression so that, on the reference
+    samples, its output from the *remaining* inputs (as the masked, already
+    refitted model delivers them) reproduces its output in the unpruned model:
+    ``W' = argmin ‖X_kept W'ᵀ (+ b') − Y‖² + λ‖W'‖²`` with ``X`` the im2col patches
+    (conv) or features (linear), at most ``max_rows`` rows sampled with a fixed
+    seed, and ``λ = ridge · mean diag(XᵀX)``. The bias is refitted when the consumer
+    has one. A consumer with fewer rows than twice its unknowns (a Linear after
+    ``flatten`` sees one row per reference sample) keeps its weights.
 
 ``bn_reestimate``
     Every BatchNorm's running statistics are re-estimated on the reference
@@ -68,6 +79,8 @@ class Recovery:
         methods: Sequence[str],
         *,
         batch_size: int = 256,
+        ridge: float = 1e-3,
+        max_rows: int = 8192,
     ) -> None:
         unknown = sorted(set(methods) - set(RECOVERIES))
         if unknown:
@@ -83,8 +96,13 @@ class Recovery:
         self._bn_after: dict[str, str] = {
             layer.producer: layer.name for layer in self.layers if layer.name != layer.producer
         }
-        if "mean_fold" in self.methods and family == "cnn":
+        self._targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.ridge = ridge
+        self.max_rows = max_rows
+        if family == "cnn" and {"mean_fold", "least_squares"} & set(self.methods):
             self._prepare_fold()
+        if "least_squares" in self.methods:
+            self._targets = self._capture_targets()
 
     @property
     def enabled(self) -> bool:
@@ -107,7 +125,8 @@ class Recovery:
             if consumers:
                 folds[layer_name] = _Fold(layer_name, consumers)
         self._folds = list(folds.values())
-        self._means = self._consumer_input_means({c for f in self._folds for c, _, _ in f.consumers})
+        if "mean_fold" in self.methods:
+            self._means = self._consumer_input_means({c for f in self._folds for c, _, _ in f.consumers})
 
     @torch.no_grad()
     def _consumer_input_means(self, names: set[str]) -> dict[str, torch.Tensor]:
@@ -139,6 +158,97 @@ class Recovery:
                 h.remove()
             self.model.train(was_training)
         return {name: (s / counts[name]).float() for name, s in sums.items()}
+
+    def _consumers_in_order(self) -> list[str]:
+        names = {c for f in self._folds for c, _, _ in f.consumers}
+        return [n for n, m in self.model.named_modules() if n in names and _solvable(m)]
+
+    def _rows(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The consumer's input as a design matrix: im2col patches (conv) or features (linear), one row each."""
+        if isinstance(module, nn.Conv2d):
+            padding = module.padding
+            assert not isinstance(padding, str)
+            cols = nn.functional.unfold(
+                x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
+            )
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return x.reshape(-1, x.shape[-1])
+
+    def _row_index(self, rows: int) -> torch.Tensor:
+        if rows <= self.max_rows:
+            return torch.arange(rows)
+        g = torch.Generator().manual_seed(0)
+        return torch.randperm(rows, generator=g)[: self.max_rows].sort().values
+
+    @torch.no_grad()
+    def _capture(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(design rows, output rows) of consumer ``name`` on the reference samples, current model state."""
+        module = self.model.get_submodule(name)
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+
+        def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            inputs.append(self._rows(module, args[0].detach()))
+            o = out.detach()
+            outputs.append(o.flatten(2).transpose(1, 2).reshape(-1, o.shape[1]) if o.dim() == 4 else o)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            for part in batches(len(self.x), self.batch_size):
+                self.model(self.x[part])
+        finally:
+            handle.remove()
+        x, y = torch.cat(inputs), torch.cat(outputs)
+        index = self._row_index(len(x)).to(x.device)
+        return x[index], y[index]
+
+    def _capture_targets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each consumer's output rows in the unpruned model (the reconstruction targets)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return {name: self._capture(name) for name in self._consumers_in_order()}
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def _least_squares(self, keep: dict[str, torch.Tensor]) -> None:
+        """Refit each affected consumer, in forward order, to reproduce its unpruned output."""
+        dead_inputs: dict[str, list[torch.Tensor]] = {}
+        for fold in self._folds:
+            dead = ~keep[fold.layer].to("cpu", torch.bool)
+            for consumer, idx, root in fold.consumers:
+                if bool(dead[root].any()):
+                    dead_inputs.setdefault(consumer, []).append(idx[dead[root]])
+        for name in self._consumers_in_order():
+            if name not in dead_inputs:
+                continue
+            module = self.model.get_submodule(name)
+            assert isinstance(module, nn.Conv2d | nn.Linear)
+            weight = module.weight
+            fan_in = weight[0].numel()
+            per_input = fan_in // (weight.shape[1])
+            gone = torch.zeros(weight.shape[1], dtype=torch.bool)
+            gone[torch.cat(dead_inputs[name])] = True
+            alive_cols = (~gone).repeat_interleave(per_input).to(weight.device)
+            x, _ = self._capture(name)
+            _, y = self._targets[name]
+            a = x[:, alive_cols].double()
+            target = y.double()
+            if module.bias is not None:
+                a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
+            if len(a) < 2 * a.shape[1]:
+                continue  # too few reference rows for this many unknowns: keep the weights
+            gram = a.T @ a
+            lam = self.ridge * float(torch.diagonal(gram).mean()) + 1e-12
+            gram.diagonal().add_(lam)
+            solution = torch.linalg.solve(gram, a.T @ target)  # (d, out)
+            flat = weight.reshape(weight.shape[0], -1)
+            if module.bias is not None:
+                module.bias.copy_(solution[-1].to(module.bias.dtype))
+                solution = solution[:-1]
+            flat[:, alive_cols] = solution.T.to(weight.dtype)
+            weight.copy_(flat.reshape(weight.shape))
 
     def _fold(self, keep: dict[str, torch.Tensor]) -> None:
         for fold in self._folds:
@@ -216,6 +326,9 @@ class Recovery:
                 if "mean_fold" in self.methods:
                     with torch.no_grad():
                         self._fold(keep)
+                if "least_squares" in self.methods:
+                    self.model.eval()
+                    self._least_squares(keep)
                 if "bn_reestimate" in self.methods:
                     self._reestimate()
                 self.model.eval()
@@ -240,6 +353,12 @@ class Recovery:
             for key, value in changed.items():
                 current[key].copy_(value)
         return clone.eval()
+
+
+def _solvable(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and not isinstance(module.padding, str)
+    return isinstance(module, nn.Linear)
 
 
 def recovered_curve(

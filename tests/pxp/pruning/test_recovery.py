@@ -88,7 +88,10 @@ def test_mean_fold_restores_the_consumers_mean_output_for_a_linear_consumer() ->
     assert torch.allclose(full, folded, atol=1e-4)
 
 
-@pytest.mark.parametrize("methods", [["bn_reestimate"], ["mean_fold"], ["mean_fold", "bn_reestimate"]])
+@pytest.mark.parametrize(
+    "methods",
+    [["bn_reestimate"], ["mean_fold"], ["least_squares"], ["mean_fold", "least_squares", "bn_reestimate"]],
+)
 @pytest.mark.parametrize("arch", ["vgg", "resnet"])
 def test_removed_model_equals_the_recovered_masked_model(methods: list[str], arch: str) -> None:
     if arch == "vgg":
@@ -113,3 +116,26 @@ def test_removed_model_equals_the_recovered_masked_model(methods: list[str], arc
     # The curve evaluates the same recovered model at each rate.
     y = want.argmax(-1)
     assert recovered_curve(recovery, order, [0.5], x, y) == [1.0]
+
+
+def test_least_squares_fits_the_consumer_to_its_unpruned_output() -> None:
+    prepared, layers, x = _vgg()
+    first = layers[0].name
+    keep = _half(layers, only=first)
+    consumer = next(m for m in prepared.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 8)
+    outputs: list[torch.Tensor] = []
+    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
+    with torch.no_grad():
+        prepared(x)
+        full = outputs[-1]
+        with masked(prepared, layers, keep):
+            prepared(x)
+        plain = outputs[-1]
+        errors = {}
+        for method in ("mean_fold", "least_squares"):
+            with Recovery(prepared, "cnn", layers, x, [method]).applied(keep) as model:
+                model(x)
+            errors[method] = float((outputs[-1] - full).pow(2).mean())
+    handle.remove()
+    masked_error = float((plain - full).pow(2).mean())
+    assert errors["least_squares"] < errors["mean_fold"] < masked_error
