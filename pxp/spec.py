@@ -179,6 +179,16 @@ class PruneSpec(_Strict):
 
 
 class SearchSpec(_Strict):
+    """The Optuna search over LRP composites, and the objective that picks what is exported.
+
+    ``objective="apr"`` (the paper's): the composite with the best A_PR, exported at
+    its (refined) safe rate. ``"budget"``: after that, the ranking and recovery
+    options (β ∈ {0, 0.5, 1}; recovery none / BN re-estimation / least squares + BN;
+    coupled groups for CNNs) and rate that remove the most MACs within
+    ``max_accuracy_drop`` on the search split (``pxp.pipeline.budget``).
+    """
+
+    objective: Literal["apr", "budget"] = "apr"
     trials: int = Field(30, ge=1, le=10_000)
     timeout_s: float | None = Field(None, gt=0)
     sampler: Literal["tpe", "random"] = "tpe"
@@ -281,6 +291,8 @@ class JobResult(BaseModel):
     chosen_rate: float
     #: When the rate was refined between grid points: grid safe rate, refined rate, extra evaluations.
     rate_refinement: dict[str, Any] | None = None
+    #: With the ``budget`` objective: every option tried on the search split and the one chosen.
+    budget: dict[str, Any] | None = None
     search: SearchResult | None = None
     compression: dict[str, Any] | None = None
     artifacts: dict[str, str] = Field(default_factory=dict)

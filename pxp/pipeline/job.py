@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pxp.pipeline.budget import refined_rate
+from pxp.pipeline.budget import choose_budget, refined_rate
 from pxp.pipeline.curves import curve
 from pxp.pipeline.export import export_job
 from pxp.pipeline.reporter import ProgressCallback, Reporter
@@ -104,7 +104,24 @@ def run(
 
     chosen_order = orders[chosen_label]
     rate_refinement = None
-    if spec.prune.rate is not None:
+    budget_record = None
+    if spec.search is not None and spec.search.objective == "budget" and spec.prune.rate is None:
+        # Budget: among ranking / recovery options, the most MACs removed within the drop (search split).
+        if search_result is not None and chosen_label == "lrp (optimised)":
+            attribution, normalize = (
+                _best_attribution(search_result, spec.criteria[0]),
+                search_result.best_normalize_per_layer,
+            )
+        else:
+            attribution, normalize = spec.criteria[0], None
+        chosen_scores = score(state, attribution, store)
+        state, budget_record = choose_budget(state, chosen_scores, store)
+        chosen_order = state.order(chosen_scores, normalize=normalize)
+        chosen_label = f"{chosen_label} (budget)"
+        curves.append(curve(state, chosen_label, chosen_order, "test", store))
+        assert state.spec.prune.rate is not None
+        chosen_rate = state.spec.prune.rate
+    elif spec.prune.rate is not None:
         chosen_rate = spec.prune.rate
     else:
         # The rate is chosen on the search split, so the test split stays an unbiased report.
@@ -158,6 +175,7 @@ def run(
         chosen_label=chosen_label,
         chosen_rate=chosen_rate,
         rate_refinement=rate_refinement,
+        budget=budget_record,
         search=search_result,
         compression=compression,
         artifacts=artifacts,

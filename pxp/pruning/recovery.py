@@ -24,8 +24,8 @@ Three transforms, applied in this order to the masked model at one rate:
     samples, its output from the *remaining* inputs (as the masked, already
     refitted model delivers them) reproduces its output in the unpruned model:
     ``W' = argmin ‖X_kept W'ᵀ (+ b') − Y‖² + λ‖W'‖²`` with ``X`` the im2col patches
-    (conv) or features (linear), at most ``max_rows`` rows sampled with a fixed
-    seed, and ``λ = ridge · mean diag(XᵀX)``. The bias is refitted when the consumer
+    (conv, gathered only at ``⌈max_rows / samples⌉`` output positions per
+    reference sample, drawn with a fixed seed per sample) or features (linear), and ``λ = ridge · mean diag(XᵀX)``. The bias is refitted when the consumer
     has one. A consumer with fewer rows than twice its unknowns (a Linear after
     ``flatten`` sees one row per reference sample) keeps its weights.
 
@@ -163,22 +163,42 @@ class Recovery:
         names = {c for f in self._folds for c, _, _ in f.consumers}
         return [n for n, m in self.model.named_modules() if n in names and _solvable(m)]
 
-    def _rows(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The consumer's input as a design matrix: im2col patches (conv) or features (linear), one row each."""
-        if isinstance(module, nn.Conv2d):
-            padding = module.padding
-            assert not isinstance(padding, str)
-            cols = nn.functional.unfold(
-                x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
-            )
-            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        return x.reshape(-1, x.shape[-1])
+    def _positions(self, sample: int, count: int) -> torch.Tensor:
+        """The output positions sampled for reference sample ``sample`` (same in every capture)."""
+        per = -(-self.max_rows // max(len(self.x), 1))
+        if count <= per:
+            return torch.arange(count)
+        g = torch.Generator().manual_seed(sample)
+        return torch.randperm(count, generator=g)[:per].sort().values
 
-    def _row_index(self, rows: int) -> torch.Tensor:
-        if rows <= self.max_rows:
-            return torch.arange(rows)
-        g = torch.Generator().manual_seed(0)
-        return torch.randperm(rows, generator=g)[: self.max_rows].sort().values
+    def _rows(
+        self, module: nn.Module, x: torch.Tensor, out: torch.Tensor, first: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Design rows (im2col patches or features) and output rows at the sampled positions of a batch.
+
+        Patches are gathered only at sampled output positions, so memory stays at
+        ``max_rows × fan-in`` whatever the image size (no full im2col).
+        """
+        if isinstance(module, nn.Linear):
+            return x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
+        assert isinstance(module, nn.Conv2d)
+        padding = module.padding
+        assert not isinstance(padding, str)
+        (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+        xp = nn.functional.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+        height, width = out.shape[2], out.shape[3]
+        design, target = [], []
+        ky = torch.arange(kh, device=x.device) * dh
+        kx = torch.arange(kw, device=x.device) * dw
+        for b in range(len(x)):
+            pos = self._positions(first + b, height * width).to(x.device)
+            oy, ox = pos // width, pos % width
+            rows = (oy * sh)[:, None] + ky  # (P, kh)
+            cols = (ox * sw)[:, None] + kx  # (P, kw)
+            patches = xp[b][:, rows[:, :, None], cols[:, None, :]]  # (C, P, kh, kw)
+            design.append(patches.permute(1, 0, 2, 3).reshape(len(pos), -1))
+            target.append(out[b][:, oy, ox].T)
+        return torch.cat(design), torch.cat(target)
 
     @torch.no_grad()
     def _capture(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,21 +206,22 @@ class Recovery:
         module = self.model.get_submodule(name)
         inputs: list[torch.Tensor] = []
         outputs: list[torch.Tensor] = []
+        first = 0
 
         def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            inputs.append(self._rows(module, args[0].detach()))
-            o = out.detach()
-            outputs.append(o.flatten(2).transpose(1, 2).reshape(-1, o.shape[1]) if o.dim() == 4 else o)
+            design, target = self._rows(module, args[0].detach(), out.detach(), first)
+            inputs.append(design)
+            outputs.append(target)
 
         handle = module.register_forward_hook(hook)
         try:
             for part in batches(len(self.x), self.batch_size):
-                self.model(self.x[part])
+                xb = self.x[part]
+                self.model(xb)
+                first += len(xb)
         finally:
             handle.remove()
-        x, y = torch.cat(inputs), torch.cat(outputs)
-        index = self._row_index(len(x)).to(x.device)
-        return x[index], y[index]
+        return torch.cat(inputs), torch.cat(outputs)
 
     def _capture_targets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each consumer's output rows in the unpruned model (the reconstruction targets)."""

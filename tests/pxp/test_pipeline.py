@@ -213,3 +213,26 @@ def test_coupled_cost_aware_job_reports_macs_curves_and_removes_residual_channel
         test_curve.macs_removed[RATES.index(0.5)], abs=1e-9
     )
     assert result.compression["components_removed"] > 10 * result.compression["components_zeroed"]
+
+
+def test_budget_objective_exports_the_option_removing_the_most_macs(tmp_path: Path) -> None:
+    from pxp.spec import SearchSpec
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=RATES, refine_steps=2),
+        search=SearchSpec(trials=1, objective="budget"),
+        export=ExportSpec(measure_latency=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    budget = result.budget
+    assert budget is not None and budget["objective"] == "budget"
+    tried = budget["tried"]
+    assert len(tried) == 9 and {t["cost_exponent"] for t in tried} == {0.0, 0.5, 1.0}
+    best = budget["chosen"]
+    assert best["macs_removed"] == max(t["macs_removed"] for t in tried)
+    assert result.chosen_rate == best["rate"] and result.chosen_label.endswith("(budget)")
+    assert result.compression is not None
+    assert result.compression["recovery"] == best["recovery"]
+    assert result.compression["flops_removed_fraction"] == pytest.approx(best["macs_removed"], abs=1e-9)
+    assert any(c.label == result.chosen_label and c.split == "test" for c in result.curves)

@@ -139,3 +139,20 @@ def test_least_squares_fits_the_consumer_to_its_unpruned_output() -> None:
     handle.remove()
     masked_error = float((plain - full).pow(2).mean())
     assert errors["least_squares"] < errors["mean_fold"] < masked_error
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
+def test_sampled_patches_are_the_im2col_rows(stride: int, padding: int, dilation: int) -> None:
+    prepared, layers, x = _vgg()
+    recovery = Recovery(prepared, "cnn", layers, x[:3], ["least_squares"], max_rows=30)
+    conv = torch.nn.Conv2d(4, 5, 3, stride=stride, padding=padding, dilation=dilation)
+    inp = torch.randn(3, 4, 11, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = conv(inp)
+        design, target = recovery._rows(conv, inp, out, first=0)
+        cols = torch.nn.functional.unfold(inp, 3, dilation=dilation, padding=padding, stride=stride)
+    positions = [recovery._positions(b, out.shape[2] * out.shape[3]) for b in range(3)]
+    want = torch.cat([cols[b][:, p].T for b, p in enumerate(positions)])
+    assert torch.equal(design, want)
+    flat = conv.weight.reshape(5, -1)
+    assert torch.allclose(design @ flat.T + conv.bias, target, atol=1e-5)
