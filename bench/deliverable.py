@@ -92,6 +92,7 @@ def cnn_methods(beta: float) -> list[Method]:
             beta=beta,
             refine=True,
         ),
+        Method("uncoupled + least_squares", ("least_squares", "bn_reestimate"), beta=beta, refine=True),
     ]
 
 

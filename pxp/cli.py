@@ -58,7 +58,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     rate.add_argument("--rate", type=float, help="export at this pruning rate")
     p.add_argument(
         "--recovery",
-        default="bn_reestimate",
+        default="least_squares,bn_reestimate",
         help="comma list of train-free recoveries (bn_reestimate, mean_fold, least_squares) or 'none'",
     )
     p.add_argument(

@@ -112,7 +112,7 @@ def _contiguous_safe(state: JobState, order: PruneOrder) -> tuple[list[float], l
 
 
 def choose_budget(
-    state: JobState, scores: dict[str, torch.Tensor], store: StageStore
+    state: JobState, scores: dict[str, torch.Tensor], store: StageStore, normalize: bool | None = None
 ) -> tuple[JobState, dict[str, Any]]:
     """The ``budget`` objective: the ranking / recovery option and rate removing the most MACs.
 
@@ -129,6 +129,7 @@ def choose_budget(
         state.spec.data.model_dump(),
         state.spec.splits.model_dump(),
         {name: s.tolist() for name, s in sorted(scores.items())},
+        normalize,
     )
     cached = store.load_json(key)
     tried: list[dict[str, Any]]
@@ -139,7 +140,7 @@ def choose_budget(
         graph = state.component_graph() if state.family == "cnn" else None
         for option in _options(state):
             candidate = _with_prune(state, option)
-            order = candidate.order(scores)
+            order = candidate.order(scores, normalize=normalize)
             rates, accuracies, safe = _contiguous_safe(candidate, order)
             refinement = refine_safe_rate(
                 order,

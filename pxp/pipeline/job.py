@@ -115,7 +115,7 @@ def run(
         else:
             attribution, normalize = spec.criteria[0], None
         chosen_scores = score(state, attribution, store)
-        state, budget_record = choose_budget(state, chosen_scores, store)
+        state, budget_record = choose_budget(state, chosen_scores, store, normalize)
         chosen_order = state.order(chosen_scores, normalize=normalize)
         chosen_label = f"{chosen_label} (budget)"
         curves.append(curve(state, chosen_label, chosen_order, "test", store))

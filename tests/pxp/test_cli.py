@@ -103,7 +103,8 @@ def _compress_spec(*extra: str) -> JobSpec:
 def test_compress_defaults_to_the_measured_best_options_and_paper_restores_the_method() -> None:
     spec = _compress_spec()
     assert spec.prune.max_accuracy_drop == 0.01
-    assert spec.prune.recovery == ["bn_reestimate"] and spec.prune.coupled and spec.prune.cost_exponent == 0.5
+    assert spec.prune.recovery == ["bn_reestimate", "least_squares"]
+    assert spec.prune.coupled and spec.prune.cost_exponent == 0.5
     assert spec.export.measure_latency and spec.search is None
     paper = _compress_spec("--paper")
     assert paper.prune.recovery == [] and not paper.prune.coupled and paper.prune.cost_exponent == 0.0
