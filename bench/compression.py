@@ -11,6 +11,7 @@ compressed model is the exported artifact, reloaded with ``load_compressed``.
     .venv/bin/python bench/compression.py                              # zoo + vgg16/resnet50/vit_b_16
     .venv/bin/python bench/compression.py --imagenet none --repeats 5   # zoo only
     .venv/bin/python bench/compression.py --zoo none --imagenet resnet50 --image-size 160
+    .venv/bin/python bench/compression.py --zoo none --imagenet resnet50 --rates 0.5 --coupled
 
 Zoo models are trained (minutes, CPU) and cached on first use.
 """
@@ -33,6 +34,7 @@ from pxp.data import load_digits_data, make_splits
 from pxp.models import build_model, get_architecture
 from pxp.models.compressed import load_compressed
 from pxp.pruning.cost import count_cost
+from pxp.pruning.coupling import component_graph, rank_with_cost
 from pxp.pruning.curve import accuracy, safe_rate
 from pxp.pruning.export import export_compressed
 from pxp.pruning.fast_curve import fast_curve
@@ -193,8 +195,19 @@ def imagenet_rows(args) -> list[Row]:
         prepared = prepare_model(model, family)
         layers = find_layers(prepared, family, kind)
         g = torch.Generator().manual_seed(0)
-        order = rank(layers, {layer.name: torch.rand(layer.size, generator=g) for layer in layers})
+        random_scores = {layer.name: torch.rand(layer.size, generator=g) for layer in layers}
         x = torch.randn(2, 3, args.image_size, args.image_size, generator=g)
+        if args.coupled and family == "cnn":
+            # A random *group* ranking: each group's summed score is one uniform draw (random
+            # per-component scores would sum to larger values for larger groups).
+            graph = component_graph(prepared, family, layers, x[:1])
+            for group in graph.groups:
+                u = float(torch.rand(1, generator=g))
+                for layer_name, i in group:
+                    random_scores[layer_name][i] = u / len(group)
+            order = rank_with_cost(layers, random_scores, graph, coupled=True)
+        else:
+            order = rank(layers, random_scores)
         planner = removal_planner(prepared, family, layers, x[:1])
         for rate in args.rates:
             row, _ = measure(
@@ -260,6 +273,9 @@ def main() -> None:
     parser.add_argument("--stat", default="median", choices=["median", "min"], help="latency statistic")
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--vit-kind", default="heads", choices=["heads", "neurons"])
+    parser.add_argument(
+        "--coupled", action="store_true", help="ImageNet-scale CNNs: rank residual-coupled channels as groups"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     args.zoo = [] if args.zoo == "none" else args.zoo.split(",")

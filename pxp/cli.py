@@ -56,6 +56,31 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "--target-drop", type=float, default=0.01, help="export the safe rate for this accuracy drop"
     )
     rate.add_argument("--rate", type=float, help="export at this pruning rate")
+    p.add_argument(
+        "--recovery",
+        default="least_squares,bn_reestimate",
+        help="comma list of train-free recoveries (bn_reestimate, mean_fold, least_squares) or 'none'",
+    )
+    p.add_argument(
+        "--cost-exponent", type=float, default=0.5, help="rank by relevance / cost^β (0: the paper's ranking)"
+    )
+    p.add_argument(
+        "--no-coupled",
+        action="store_true",
+        help="rank residual-coupled channels separately (they are then zeroed)",
+    )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's method: no recovery, β = 0, channels ranked separately (A_PR curves as published)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["apr", "budget"],
+        default="apr",
+        help="budget: the ranking / recovery option removing the most MACs within --target-drop (runs a search)",
+    )
+    p.add_argument("--no-latency", action="store_true", help="do not time original vs compressed at export")
     p.add_argument("--search-trials", type=int, help="tune the LRP composite with this many Optuna trials")
     p.add_argument("--search-timeout", type=float, help="wall-clock budget for the search, seconds")
     p.add_argument("--study-storage", help="Optuna storage URL (default: SQLite file in --out)")
@@ -85,9 +110,11 @@ def build_spec(args: argparse.Namespace) -> Any:
     names = list(dict.fromkeys(names))
     rates = [float(r) for r in args.rates.split(",")] if args.rates else list(DEFAULT_RATES)
     search = None
-    if args.search_trials is not None or args.search_timeout is not None:
+    if args.search_trials is not None or args.search_timeout is not None or args.objective == "budget":
+        default_trials = 30 if args.objective == "apr" or args.search_timeout is not None else 1
         search = SearchSpec(
-            trials=args.search_trials or 30,
+            objective=args.objective,
+            trials=args.search_trials or default_trials,
             timeout_s=args.search_timeout,
             storage=args.study_storage,
             seed=args.seed,
@@ -108,9 +135,16 @@ def build_spec(args: argparse.Namespace) -> Any:
             min_keep=args.min_keep,
             max_accuracy_drop=args.target_drop,
             rate=args.rate,
+            recovery=[] if args.paper or args.recovery == "none" else args.recovery.split(","),
+            cost_exponent=0.0 if args.paper else args.cost_exponent,
+            coupled=not (args.paper or args.no_coupled),
         ),
         search=search,
-        export=ExportSpec(enabled=not args.no_export, formats=["safetensors", *args.export]),
+        export=ExportSpec(
+            enabled=not args.no_export,
+            formats=["safetensors", *args.export],
+            measure_latency=not args.no_latency,
+        ),
         device=args.device,
     )
 

@@ -133,7 +133,18 @@ class SplitSpec(_Strict):
     seed: int = 0
 
 
+RecoveryName = Literal["bn_reestimate", "mean_fold", "least_squares"]
+
+
 class PruneSpec(_Strict):
+    """Which components are pruned and how the rate is chosen.
+
+    ``recovery`` lists closed-form, train-free recoveries applied to the masked model
+    at every evaluated rate and to the exported model (:mod:`pxp.pruning.recovery`).
+    ``refine_steps`` bounds the bisection between grid rates that refines the safe
+    rate on the search split when ``rate`` is not given (0 turns it off).
+    """
+
     components: ComponentKind | None = None
     rates: list[float] = Field(default_factory=lambda: list(DEFAULT_RATES))
     normalize_per_layer: bool = False
@@ -141,6 +152,18 @@ class PruneSpec(_Strict):
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0)
     exclude: list[str] = Field(default_factory=list)
     rate: float | None = Field(None, ge=0.0, lt=1.0)
+    recovery: list[RecoveryName] = Field(default_factory=list)
+    refine_steps: int = Field(6, ge=0, le=20)
+    #: Rank channels tied by a residual addition as one group (summed relevance), removed together.
+    coupled: bool = False
+    #: β in relevance / cost^β (cost: MACs saved by removing the component or group); 0 = the paper's ranking.
+    cost_exponent: float = Field(0.0, ge=0.0, le=4.0)
+
+    @field_validator("recovery")
+    @classmethod
+    def _ordered_recovery(cls, value: list[RecoveryName]) -> list[RecoveryName]:
+        order: tuple[str, ...] = get_args(RecoveryName)
+        return sorted(set(value), key=order.index)
 
     @field_validator("rates")
     @classmethod
@@ -156,6 +179,16 @@ class PruneSpec(_Strict):
 
 
 class SearchSpec(_Strict):
+    """The Optuna search over LRP composites, and the objective that picks what is exported.
+
+    ``objective="apr"`` (the paper's): the composite with the best A_PR, exported at
+    its (refined) safe rate. ``"budget"``: after that, the ranking and recovery
+    options (β ∈ {0, 0.5, 1}; recovery none / BN re-estimation / least squares + BN;
+    coupled groups for CNNs) and rate that remove the most MACs within
+    ``max_accuracy_drop`` on the search split (``pxp.pipeline.budget``).
+    """
+
+    objective: Literal["apr", "budget"] = "apr"
     trials: int = Field(30, ge=1, le=10_000)
     timeout_s: float | None = Field(None, gt=0)
     sampler: Literal["tpe", "random"] = "tpe"
@@ -179,8 +212,11 @@ def _default_formats() -> list[ExportFormat]:
 
 
 class ExportSpec(_Strict):
+    """What the export stage writes; ``measure_latency`` times original vs compressed on the job's device."""
+
     formats: list[ExportFormat] = Field(default_factory=_default_formats)
     enabled: bool = True
+    measure_latency: bool = True
 
 
 class ExplainSpec(_Strict):
@@ -238,6 +274,9 @@ class CurveResult(BaseModel):
     kept_per_layer: dict[str, int] = Field(default_factory=dict)
     params_removed_fraction: float | None = None
     flops_removed_fraction: float | None = None
+    #: Per rate: fractions of MACs / parameters that structural removal saves (cost model; CNN only).
+    macs_removed: list[float] | None = None
+    params_removed: list[float] | None = None
 
 
 class SearchResult(BaseModel):
@@ -262,6 +301,10 @@ class JobResult(BaseModel):
     curves: list[CurveResult]
     chosen_label: str
     chosen_rate: float
+    #: When the rate was refined between grid points: grid safe rate, refined rate, extra evaluations.
+    rate_refinement: dict[str, Any] | None = None
+    #: With the ``budget`` objective: every option tried on the search split and the one chosen.
+    budget: dict[str, Any] | None = None
     search: SearchResult | None = None
     compression: dict[str, Any] | None = None
     artifacts: dict[str, str] = Field(default_factory=dict)

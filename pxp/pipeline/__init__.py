@@ -2,7 +2,7 @@
 
 ``run`` is the entry point (``pxp compress`` and the worker call it). The stage
 modules depend downward only: ``reporter`` and ``state`` at the bottom, then
-``scoring`` and ``curves``, then ``search`` and ``export``, then ``job`` (``run``).
+``scoring`` and ``budget`` (recovery, rate refinement), then ``curves``, then ``search`` and ``export``, then ``job`` (``run``).
 """
 
 from pxp.pipeline.curves import curve

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pxp.pipeline.budget import recovery
 from pxp.pipeline.state import JobState
 from pxp.pruning.curve import area_under_curve, safe_rate
 from pxp.pruning.evaluate import evaluate_curve
 from pxp.pruning.ranking import PruneOrder
+from pxp.pruning.recovery import recovered_curve
 from pxp.spec import CurveResult
 from pxp.stages import StageStore, stage_key
 
@@ -25,18 +27,29 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
         state.spec.data.model_dump(),
         state.spec.splits.model_dump(),
         order.order,
+        *([prune.recovery] if prune.recovery else []),
     )
     cached = store.load_json(key)
     if cached is not None:
         return CurveResult.model_validate(cached)
     x, y = state.test if split == "test" else state.search
-    # The fast sweep's accuracies are identical to masking's, so the cache key does not name the method.
-    planner = state.planner() if state.curve_method == "auto" else None
-    accuracies = evaluate_curve(
-        state.prepared, order, prune.rates, x, y, method=state.curve_method, planner=planner
-    )
+    if prune.recovery:
+        # Recovery changes the model per rate (refitted weights, re-estimated BN): the fast
+        # sweep's sliced prefixes would not be that model, so each rate is masked and recovered.
+        accuracies = recovered_curve(recovery(state), order, prune.rates, x, y)
+    else:
+        # The fast sweep's accuracies are identical to masking's, so the cache key does not name the method.
+        planner = state.planner() if state.curve_method == "auto" else None
+        accuracies = evaluate_curve(
+            state.prepared, order, prune.rates, x, y, method=state.curve_method, planner=planner
+        )
     safe = safe_rate(prune.rates, accuracies, prune.max_accuracy_drop)
     keep = order.keep_masks(safe)
+    macs_removed = params_removed = None
+    if state.family == "cnn":
+        graph = state.component_graph()
+        fractions = [graph.removed_fractions(order.keep_masks(rate)) for rate in prune.rates]
+        macs_removed, params_removed = [f[0] for f in fractions], [f[1] for f in fractions]
     result = CurveResult(
         label=label,
         split=split,
@@ -47,6 +60,8 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
         apr=area_under_curve(accuracies),
         safe_rate=safe,
         kept_per_layer={name: int(mask.sum()) for name, mask in keep.items()},
+        macs_removed=macs_removed,
+        params_removed=params_removed,
     )
     store.save_json(key, result.model_dump())
     return result

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pxp.pipeline.budget import choose_budget, refined_rate
 from pxp.pipeline.curves import curve
 from pxp.pipeline.explain import EXPLANATIONS_JSON, write_explanations
 from pxp.pipeline.export import export_job
@@ -114,13 +115,33 @@ def run(
         orders[chosen_label] = state.order(best_scores, normalize=search_result.best_normalize_per_layer)
 
     chosen_order = orders[chosen_label]
-    if spec.prune.rate is not None:
+    rate_refinement = None
+    budget_record = None
+    if spec.search is not None and spec.search.objective == "budget" and spec.prune.rate is None:
+        # Budget: among ranking / recovery options, the most MACs removed within the drop (search split).
+        if search_result is not None and chosen_label == "lrp (optimised)":
+            attribution, normalize = (
+                _best_attribution(search_result, spec.criteria[0]),
+                search_result.best_normalize_per_layer,
+            )
+        else:
+            attribution, normalize = spec.criteria[0], None
+        chosen_scores = score(state, attribution, store)
+        state, budget_record = choose_budget(state, chosen_scores, store, normalize)
+        chosen_order = state.order(chosen_scores, normalize=normalize)
+        chosen_label = f"{chosen_label} (budget)"
+        curves.append(curve(state, chosen_label, chosen_order, "test", store))
+        assert state.spec.prune.rate is not None
+        chosen_rate = state.spec.prune.rate
+    elif spec.prune.rate is not None:
         chosen_rate = spec.prune.rate
     else:
         # The rate is chosen on the search split, so the test split stays an unbiased report.
         search_curve = curve(state, chosen_label, chosen_order, "search", store)
-        chosen_rate = search_curve.safe_rate
-    report("export", 1, message=f"chosen: {chosen_label} at rate {chosen_rate:.2f}")
+        refinement = refined_rate(state, chosen_order, search_curve, store)
+        chosen_rate = refinement.refined_rate
+        rate_refinement = refinement.as_dict()
+    report("export", 1, message=f"chosen: {chosen_label} at rate {chosen_rate:.3f}")
 
     mask_file = out_dir / "mask.json"
     keep = chosen_order.keep_masks(chosen_rate)
@@ -194,6 +215,8 @@ def run(
         curves=curves,
         chosen_label=chosen_label,
         chosen_rate=chosen_rate,
+        rate_refinement=rate_refinement,
+        budget=budget_record,
         search=search_result,
         compression=compression,
         artifacts=artifacts,

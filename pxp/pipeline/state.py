@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from pxp.pruning.evaluate import CurveMethod, make_planner
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.pruning.removal.plan import Planner
 from pxp.spec import JobSpec
+
+if TYPE_CHECKING:
+    from pxp.pruning.coupling import ComponentGraph
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,15 +68,37 @@ class JobState:
             self._planned = True
         return self._planner
 
+    _graph: ComponentGraph | None = field(default=None, repr=False, compare=False)
+
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""
         prune = self.spec.prune
+        if prune.coupled or prune.cost_exponent:
+            from pxp.pruning.coupling import rank_with_cost
+
+            return rank_with_cost(
+                self.layers,
+                scores,
+                self.component_graph(),
+                coupled=prune.coupled,
+                cost_exponent=prune.cost_exponent,
+                normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
+                min_keep=prune.min_keep,
+            )
         return rank(
             self.layers,
             scores,
             normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
             min_keep=prune.min_keep,
         )
+
+    def component_graph(self) -> ComponentGraph:
+        """Coupled groups and component costs of the prepared model (built once, cached here)."""
+        from pxp.pruning.coupling import component_graph
+
+        if self._graph is None:
+            self._graph = component_graph(self.prepared, self.family, self.layers, self.reference[0][:1])
+        return self._graph
 
 
 def _split_tensors(

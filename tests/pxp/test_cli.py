@@ -87,3 +87,30 @@ def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components:
     )
     x, y = pipeline.build_state(spec, pipeline.silent()).test
     assert accuracy(model, x, y) == pytest.approx(compression["test_accuracy"])
+
+
+def _compress_spec(*extra: str) -> JobSpec:
+    import argparse
+
+    from pxp.cli import _add_compress, build_spec
+
+    parser = argparse.ArgumentParser()
+    _add_compress(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["compress", "--model", "digits_vgg", "--out", "x", *extra])
+    return build_spec(args)
+
+
+def test_compress_defaults_to_the_measured_best_options_and_paper_restores_the_method() -> None:
+    spec = _compress_spec()
+    assert spec.prune.max_accuracy_drop == 0.01
+    assert spec.prune.recovery == ["bn_reestimate", "least_squares"]
+    assert spec.prune.coupled and spec.prune.cost_exponent == 0.5
+    assert spec.export.measure_latency and spec.search is None
+    paper = _compress_spec("--paper")
+    assert paper.prune.recovery == [] and not paper.prune.coupled and paper.prune.cost_exponent == 0.0
+    custom = _compress_spec(
+        "--recovery", "least_squares,bn_reestimate", "--cost-exponent", "0", "--no-latency"
+    )
+    assert custom.prune.recovery == ["bn_reestimate", "least_squares"] and not custom.export.measure_latency
+    budget = _compress_spec("--objective", "budget")
+    assert budget.search is not None and budget.search.objective == "budget" and budget.search.trials == 1

@@ -128,3 +128,111 @@ def test_exported_checkpoint_reloads_with_the_reported_accuracy(tmp_path: Path) 
     assert result.compression["test_accuracy"] == pytest.approx(
         result.curves[0].accuracies[RATES.index(0.25)]
     )
+
+
+def test_export_reports_measured_latency_in_result_manifest_and_results_json(tmp_path: Path) -> None:
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="weight")],
+        prune=PruneSpec(rates=RATES, rate=0.5),
+        export=ExportSpec(),
+    )
+    result = pipeline.run(spec, tmp_path)
+    assert result.compression is not None
+    latency = result.compression["latency"]
+    assert latency["statistic"] == "median" and latency["device"] == "cpu"
+    assert set(latency["batches"]) == {"1", "32"}
+    for point in latency["batches"].values():
+        assert point["original_ms"] > 0 and point["compressed_ms"] > 0 and point["repeats"] >= 3
+        assert point["speedup"] == pytest.approx(point["original_ms"] / point["compressed_ms"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["metrics"]["latency"] == latency
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["compression"]["latency"] == latency
+
+    off = pipeline.run(
+        spec.model_copy(update={"export": ExportSpec(measure_latency=False)}), tmp_path / "off"
+    )
+    assert off.compression is not None and "latency" not in off.compression
+
+
+def test_recovered_job_exports_the_model_its_curve_evaluated(tmp_path: Path) -> None:
+    from pxp.models.compressed import load_compressed
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=RATES, rate=0.5, recovery=["bn_reestimate", "mean_fold"]),
+        export=ExportSpec(measure_latency=False),
+    )
+    assert spec.prune.recovery == ["bn_reestimate", "mean_fold"]
+    result = pipeline.run(spec, tmp_path)
+    assert result.compression is not None
+    assert result.compression["recovery"] == ["bn_reestimate", "mean_fold"]
+    assert result.compression["verification_max_abs_diff"] <= result.compression["verification_tolerance"]
+    # The exported model is the recovered one: its test accuracy is the recovered curve's at 0.5.
+    assert result.compression["test_accuracy"] == pytest.approx(result.curves[0].accuracies[RATES.index(0.5)])
+    state = pipeline.build_state(spec, pipeline.silent())
+    x, y = state.test
+    assert accuracy(load_compressed(tmp_path), x, y) == pytest.approx(result.compression["test_accuracy"])
+    plain = pipeline.run(spec.model_copy(update={"prune": PruneSpec(rates=RATES, rate=0.5)}), tmp_path / "p")
+    assert plain.curves[0].accuracies != result.curves[0].accuracies
+
+
+def test_refined_rate_is_recorded_and_within_the_drop_on_the_search_split(tmp_path: Path) -> None:
+    spec = _spec(criteria=[AttributionSpec(criterion="lrp")], prune=PruneSpec(rates=RATES, refine_steps=4))
+    result = pipeline.run(spec, tmp_path)
+    refinement = result.rate_refinement
+    assert refinement is not None and result.chosen_rate == refinement["refined_rate"]
+    assert refinement["grid_safe_rate"] <= result.chosen_rate < refinement["grid_safe_rate"] + 0.25
+    assert 0 < len(refinement["evaluations"]) <= 4
+    state = pipeline.build_state(spec, pipeline.silent())
+    unpruned = accuracy(state.prepared, *state.search)
+    for rate, acc in refinement["evaluations"]:
+        if rate <= result.chosen_rate:
+            assert acc >= unpruned - spec.prune.max_accuracy_drop
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rate_refinement"] == refinement
+    mask = json.loads((tmp_path / "mask.json").read_text())
+    assert mask["rate"] == result.chosen_rate
+
+
+def test_coupled_cost_aware_job_reports_macs_curves_and_removes_residual_channels(tmp_path: Path) -> None:
+    spec = _spec(
+        model=ModelSpec(architecture="digits_resnet18", kwargs=TINY_KWARGS["digits_resnet18"]),
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=RATES, rate=0.5, coupled=True, cost_exponent=1.0),
+        export=ExportSpec(measure_latency=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    test_curve = result.curves[0]
+    assert test_curve.macs_removed is not None and test_curve.params_removed is not None
+    assert test_curve.macs_removed[0] == 0.0
+    assert test_curve.macs_removed == sorted(test_curve.macs_removed)
+    assert result.compression is not None
+    # The cost model's prediction at the exported rate is what removal achieved.
+    assert result.compression["flops_removed_fraction"] == pytest.approx(
+        test_curve.macs_removed[RATES.index(0.5)], abs=1e-9
+    )
+    assert result.compression["components_removed"] > 10 * result.compression["components_zeroed"]
+
+
+def test_budget_objective_exports_the_option_removing_the_most_macs(tmp_path: Path) -> None:
+    from pxp.spec import SearchSpec
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=RATES, refine_steps=2),
+        search=SearchSpec(trials=1, objective="budget"),
+        export=ExportSpec(measure_latency=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    budget = result.budget
+    assert budget is not None and budget["objective"] == "budget"
+    tried = budget["tried"]
+    assert len(tried) == 9 and {t["cost_exponent"] for t in tried} == {0.0, 0.5, 1.0}
+    best = budget["chosen"]
+    assert best["macs_removed"] == max(t["macs_removed"] for t in tried)
+    assert result.chosen_rate == best["rate"] and result.chosen_label.endswith("(budget)")
+    assert result.compression is not None
+    assert result.compression["recovery"] == best["recovery"]
+    assert result.compression["flops_removed_fraction"] == pytest.approx(best["macs_removed"], abs=1e-9)
+    assert any(c.label == result.chosen_label and c.split == "test" for c in result.curves)

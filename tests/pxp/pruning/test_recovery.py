@@ -1,0 +1,158 @@
+"""Train-free recovery: each transform against its defining property; state restored afterwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pxp.components import find_layers, prepare_model
+from pxp.models.digits import digits_resnet18, digits_vgg
+from pxp.pruning.masking import masked
+from pxp.pruning.ranking import rank
+from pxp.pruning.recovery import Recovery, recovered_curve
+from pxp.pruning.removal import remove_pruned
+from tests.pxp.pruning.test_removal_cnn import randomize
+
+
+def _vgg() -> tuple[nn.Module, list, torch.Tensor]:
+    model = randomize(digits_vgg(widths=(8, 16, 16), convs_per_stage=1, hidden=24), seed=1)
+    prepared = prepare_model(model, "cnn")
+    layers = find_layers(prepared, "cnn", "filters")
+    x = torch.randn(40, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    return prepared, layers, x
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _half(layers: list, only: str | None = None) -> dict[str, torch.Tensor]:
+    keep = {}
+    for layer in layers:
+        mask = torch.ones(layer.size, dtype=torch.bool)
+        if only is None or layer.name == only:
+            mask[::2] = False
+        keep[layer.name] = mask
+    return keep
+
+
+def test_bn_reestimate_makes_running_stats_the_masked_inputs_statistics() -> None:
+    prepared, layers, x = _vgg()
+    before = _state(prepared)
+    keep = _half(layers)
+    recovery = Recovery(prepared, "cnn", layers, x, ["bn_reestimate"])
+    seen: dict[str, torch.Tensor] = {}
+    with recovery.applied(keep) as model:
+        bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+        stats = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns.items()}
+        hooks = [
+            m.register_forward_pre_hook(lambda _m, i, n=n: seen.__setitem__(n, i[0].detach()))
+            for n, m in bns.items()
+        ]
+        # BN normalises with batch statistics during re-estimation: do the same to check.
+        for m in bns.values():
+            m.train()
+        with torch.no_grad():
+            model(x)
+        for m in bns.values():
+            m.eval()
+        for h in hooks:
+            h.remove()
+    for name, (mean, var) in stats.items():
+        got = seen[name]
+        assert torch.allclose(mean, got.mean(dim=(0, 2, 3)), atol=1e-5)
+        assert torch.allclose(var, got.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5)
+    after = _state(prepared)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not prepared._forward_hooks and all(not m._forward_hooks for m in prepared.modules())
+
+
+def test_mean_fold_restores_the_consumers_mean_output_for_a_linear_consumer() -> None:
+    prepared, layers, x = _vgg()
+    last = layers[-1].name  # feeds the classifier's first Linear through flatten: no padding
+    keep = _half(layers, only=last)
+    linear = next(m for m in prepared.modules() if isinstance(m, nn.Linear))
+    outputs: list[torch.Tensor] = []
+    handle = linear.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
+    with torch.no_grad():
+        prepared(x)
+        with masked(prepared, layers, keep):
+            prepared(x)
+        recovery = Recovery(prepared, "cnn", layers, x, ["mean_fold"])
+        with recovery.applied(keep) as model:
+            model(x)
+    handle.remove()
+    full, plain, folded = (o.mean(0) for o in (outputs[0], outputs[1], outputs[-1]))
+    assert not torch.allclose(full, plain, atol=1e-3)
+    assert torch.allclose(full, folded, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [["bn_reestimate"], ["mean_fold"], ["least_squares"], ["mean_fold", "least_squares", "bn_reestimate"]],
+)
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_removed_model_equals_the_recovered_masked_model(methods: list[str], arch: str) -> None:
+    if arch == "vgg":
+        prepared, layers, x = _vgg()
+    else:
+        model = randomize(digits_resnet18(base_width=4, layers=(1, 1, 1, 1)), seed=2)
+        prepared = prepare_model(model, "cnn")
+        layers = find_layers(prepared, "cnn", "filters")
+        x = torch.randn(24, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    order = rank(layers, {layer.name: torch.rand(layer.size, generator=g) for layer in layers})
+    keep = order.keep_masks(0.5)
+    recovery = Recovery(prepared, "cnn", layers, x, methods)
+    source = recovery.recovered_model(keep)
+    with torch.no_grad(), recovery.applied(keep) as model:
+        want = model(x)
+    with torch.no_grad(), masked(source, layers, keep):
+        assert torch.allclose(source(x), want, atol=1e-5)
+    removal = remove_pruned(source, "cnn", layers, keep, x)
+    with torch.no_grad():
+        assert torch.allclose(removal.model(x), want, rtol=1e-4, atol=1e-5)
+    # The curve evaluates the same recovered model at each rate.
+    y = want.argmax(-1)
+    assert recovered_curve(recovery, order, [0.5], x, y) == [1.0]
+
+
+def test_least_squares_fits_the_consumer_to_its_unpruned_output() -> None:
+    prepared, layers, x = _vgg()
+    first = layers[0].name
+    keep = _half(layers, only=first)
+    consumer = next(m for m in prepared.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 8)
+    outputs: list[torch.Tensor] = []
+    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
+    with torch.no_grad():
+        prepared(x)
+        full = outputs[-1]
+        with masked(prepared, layers, keep):
+            prepared(x)
+        plain = outputs[-1]
+        errors = {}
+        for method in ("mean_fold", "least_squares"):
+            with Recovery(prepared, "cnn", layers, x, [method]).applied(keep) as model:
+                model(x)
+            errors[method] = float((outputs[-1] - full).pow(2).mean())
+    handle.remove()
+    masked_error = float((plain - full).pow(2).mean())
+    assert errors["least_squares"] < errors["mean_fold"] < masked_error
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
+def test_sampled_patches_are_the_im2col_rows(stride: int, padding: int, dilation: int) -> None:
+    prepared, layers, x = _vgg()
+    recovery = Recovery(prepared, "cnn", layers, x[:3], ["least_squares"], max_rows=30)
+    conv = torch.nn.Conv2d(4, 5, 3, stride=stride, padding=padding, dilation=dilation)
+    inp = torch.randn(3, 4, 11, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = conv(inp)
+        design, target = recovery._rows(conv, inp, out, first=0)
+        cols = torch.nn.functional.unfold(inp, 3, dilation=dilation, padding=padding, stride=stride)
+    positions = [recovery._positions(b, out.shape[2] * out.shape[3]) for b in range(3)]
+    want = torch.cat([cols[b][:, p].T for b, p in enumerate(positions)])
+    assert torch.equal(design, want)
+    flat = conv.weight.reshape(5, -1)
+    assert torch.allclose(design @ flat.T + conv.bias, target, atol=1e-5)
