@@ -16,6 +16,7 @@ import torch
 from pxp.pipeline.curves import curve
 from pxp.pipeline.export import export_job
 from pxp.pipeline.reporter import ProgressCallback, Reporter
+from pxp.pipeline.sanity import no_safe_rate_unless_baseline_passed
 from pxp.pipeline.scoring import score
 from pxp.pipeline.search import run_job_search
 from pxp.pipeline.state import build_state
@@ -77,7 +78,7 @@ def run(
         report(f"attribution:{label}", 1, message=f"scored with {label}")
         order = state.order(scores)
         orders[label] = order
-        result = curve(state, label, order, "test", store)
+        result = no_safe_rate_unless_baseline_passed(state, curve(state, label, order, "test", store))
         curves.append(result)
         report(
             f"curve:{label}", 1, message=f"{label}: A_PR {result.apr:.4f}, safe rate {result.safe_rate:.2f}"
@@ -95,6 +96,7 @@ def run(
         if not any(c.label == "lrp" and c.accuracies == default_curve.accuracies for c in curves):
             curves.append(default_curve)
         curves.append(best_curve)
+        curves = [no_safe_rate_unless_baseline_passed(state, c) for c in curves]
         chosen_label = best_curve.label
         orders[chosen_label] = state.order(
             score(state, _best_attribution(search_result, spec.criteria[0]), store),
@@ -104,6 +106,9 @@ def run(
     chosen_order = orders[chosen_label]
     if spec.prune.rate is not None:
         chosen_rate = spec.prune.rate
+    elif state.baseline is not None and not state.baseline.passed:
+        # A broken baseline makes every rate look safe; export unpruned instead.
+        chosen_rate = 0.0
     else:
         # The rate is chosen on the search split, so the test split stays an unbiased report.
         search_curve = curve(state, chosen_label, chosen_order, "search", store)

@@ -12,6 +12,7 @@ from pxp.data import LabelledData, Splits, load_data, make_splits
 from pxp.errors import InvalidDataError, InvalidSpecError
 from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
+from pxp.pipeline.sanity import BaselineCheck, Preprocessing, check_baseline
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.spec import JobSpec
 
@@ -50,6 +51,10 @@ class JobState:
     reference: tuple[torch.Tensor, torch.Tensor]
     search: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
+    #: How the images became model inputs (size, channels, mean, std and their sources).
+    preprocessing: Preprocessing | None = None
+    #: The sanity gate's measurement; ``passed`` is False only under ``allow_low_accuracy``.
+    baseline: BaselineCheck | None = None
 
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""
@@ -79,6 +84,8 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
         UnsupportedArchitectureError, InvalidModelError: the model cannot be built or loaded.
         InvalidDataError: the data cannot be read or does not fit the model.
         InvalidSpecError: the device or component choice is invalid.
+        BaselineAccuracyError: the unpruned model is near chance on the test split (see
+            :mod:`pxp.pipeline.sanity`) and ``spec.baseline.allow_low_accuracy`` is off.
     """
     report("load", message=f"building {spec.model.architecture}")
     loaded = build_model(spec.model)
@@ -99,6 +106,24 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     kind = spec.prune.components or default_kind(family)
     layers = find_layers(prepared, family, kind, spec.prune.exclude)
     report("data", 1, message=f"{len(layers)} prunable layers, {sum(x.size for x in layers)} {kind}")
+    preprocessing = Preprocessing(
+        image_size=image_size,
+        channels=info.input_channels,
+        mean=mean,
+        std=std,
+        sources={
+            "image_size": "spec" if spec.data.image_size else "architecture default",
+            "mean": "spec" if spec.data.mean else "architecture default",
+            "std": "spec" if spec.data.std else "architecture default",
+            "channels": "architecture default",
+        },
+    )
+    test = _split_tensors(data, splits.test, mean, std, device)
+    report("data", 1, message="checking the unpruned accuracy")
+    baseline = check_baseline(
+        prepared, test[0], test[1], spec.baseline, preprocessing, spec.model.architecture
+    )
+    report("data", 1, message=f"unpruned accuracy {baseline.accuracy:.3f} (chance {baseline.chance:.3f})")
     return JobState(
         spec=spec,
         loaded=loaded,
@@ -110,5 +135,7 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
         device=device,
         reference=_split_tensors(data, splits.reference, mean, std, device),
         search=_split_tensors(data, splits.search, mean, std, device),
-        test=_split_tensors(data, splits.test, mean, std, device),
+        test=test,
+        preprocessing=preprocessing,
+        baseline=baseline,
     )
