@@ -94,6 +94,13 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     device = resolve_device(spec.device)
     report("data", 1, message=f"loading data from {spec.data.source}")
     image_size = spec.data.image_size or info.image_size
+    if spec.data.image_size and info.image_size_kwarg and spec.data.image_size != info.image_size:
+        origin = "the checkpoint's positional embedding" if loaded.sources.get("image_size") else "its kwargs"
+        raise InvalidSpecError(
+            f"--image-size {spec.data.image_size} (DataSpec.image_size) but {spec.model.architecture} takes "
+            f"{info.image_size}×{info.image_size} images ({origin}: {info.image_size_kwarg}={info.image_size}); "
+            "leave --image-size out, or build the model for the other size"
+        )
     data = load_data(spec.data, image_size=image_size, channels=info.input_channels)
     if int(data.labels.max()) >= loaded.num_classes:
         raise InvalidDataError(
@@ -112,10 +119,12 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
         mean=mean,
         std=std,
         sources={
-            "image_size": "spec" if spec.data.image_size else "architecture default",
+            "image_size": "spec"
+            if spec.data.image_size
+            else loaded.sources.get("image_size", "architecture default"),
             "mean": "spec" if spec.data.mean else "architecture default",
             "std": "spec" if spec.data.std else "architecture default",
-            "channels": "architecture default",
+            "channels": loaded.sources.get("channels", "architecture default"),
         },
     )
     test = _split_tensors(data, splits.test, mean, std, device)

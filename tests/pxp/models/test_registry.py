@@ -22,14 +22,23 @@ TORCHVISION = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")] + 
     "resnet18",
     "resnet34",
     "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
     "vit_b_16",
     "vit_b_32",
     "vit_l_16",
+    "vit_l_32",
+    "vit_h_14",
 ]
+GENERIC = ["ResNet", "VGG", "VisionTransformer"]
 
 
 def test_list_names_exactly_the_builtins() -> None:
-    assert list_architectures() == sorted([*TORCHVISION, *ZOO_ARCHITECTURES])
+    assert list_architectures() == sorted([*TORCHVISION, *GENERIC, *ZOO_ARCHITECTURES])
     with_timm = list_architectures(include_timm=True)
     assert "timm/vit_tiny_patch16_224" in with_timm
     assert "timm/deit_small_patch16_224" in with_timm
