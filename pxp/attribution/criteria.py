@@ -56,7 +56,10 @@ def _collect(model: nn.Module, ctx: ScoringContext, spec: AttributionSpec, signa
 @register("lrp")
 def lrp_scores(ctx: ScoringContext, spec: AttributionSpec) -> Scores:
     from pxp.attribution.lrp import build_composite
+    from pxp.attribution.support import require_lrp_support
 
+    if ctx.family == "cnn":
+        require_lrp_support(ctx.model, type(ctx.model).__name__)
     composite = build_composite(ctx.model, ctx.family, spec.effective_composite())
     with composite.context(ctx.model) as canonized:
         return _collect(canonized, ctx, spec, "relevance")

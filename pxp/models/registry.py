@@ -94,6 +94,32 @@ def _signature_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
     return defaults
 
 
+#: Torchvision CNN families beyond VGG/ResNet: (name, class). LRP is refused on them where
+#: it is not faithful (:mod:`pxp.attribution.support`); the other criteria work.
+_EXTRA_CNNS: tuple[tuple[str, str], ...] = (
+    ("mobilenet_v2", "MobileNetV2"),
+    ("mobilenet_v3_small", "MobileNetV3"),
+    ("mobilenet_v3_large", "MobileNetV3"),
+    *((f"efficientnet_b{i}", "EfficientNet") for i in range(4)),
+    ("efficientnet_v2_s", "EfficientNet"),
+    ("regnet_x_400mf", "RegNet"),
+    ("regnet_y_400mf", "RegNet"),
+    ("regnet_y_800mf", "RegNet"),
+    ("densenet121", "DenseNet"),
+    ("densenet169", "DenseNet"),
+)
+#: Names refused with a reason rather than as unknown.
+_REFUSED: dict[str, str] = {
+    name: (
+        f"{name} is not supported: every ConvNeXt conv writes into the residual stream through a "
+        "LayerNorm over channels, where a zeroed channel still shifts the statistics, so no conv "
+        "filter can be pruned to contribute nothing; its prunable units would be the MLP neurons, "
+        "which the CNN family does not prune"
+    )
+    for name in ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+}
+
+
 def _builtin() -> dict[str, ArchitectureInfo]:
     table: dict[str, ArchitectureInfo] = {}
     tv_forbidden = frozenset({"weights", "progress"})
@@ -125,6 +151,18 @@ def _builtin() -> dict[str, ArchitectureInfo]:
             image_size_kwarg="image_size",
             forbidden_kwargs=tv_forbidden,
             inferable={"num_classes": "num_classes", "image_size": "image_size"},
+        )
+    for name, target in _EXTRA_CNNS:
+        table[name] = ArchitectureInfo(
+            name=name,
+            family="cnn",
+            builder=_torchvision(name, target),
+            default_kwargs={"num_classes": 1000},
+            input_channels=3,
+            image_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            forbidden_kwargs=tv_forbidden,
         )
     vit_descriptors = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_classes")
     generics: list[tuple[str, Family, Callable[..., nn.Module], tuple[str, ...], str | None]] = [
@@ -256,6 +294,8 @@ def get_architecture(name: str) -> ArchitectureInfo:
     """
     if name in _BUILTIN:
         return _BUILTIN[name]
+    if name in _REFUSED:
+        raise UnsupportedArchitectureError(_REFUSED[name])
     if name.startswith(TIMM_PREFIX):
         return _timm_info(name)
     close = difflib.get_close_matches(name, list(_BUILTIN), n=5, cutoff=0.5)
