@@ -46,16 +46,11 @@ from pxp.spec import (
 
 #: (architecture, kwargs, components)
 DEFAULT_MODELS: list[tuple[str, dict, str | None]] = [
-    ("vgg11_bn", {}, None),
-    ("resnet18", {}, None),
-    ("resnet50", {}, None),
     ("mobilenet_v2", {}, None),
     ("mobilenet_v3_small", {}, None),
-    ("mobilenet_v3_large", {}, None),
     ("efficientnet_b0", {}, None),
-    ("efficientnet_v2_s", {}, None),
-    ("regnet_x_400mf", {}, None),
     ("densenet121", {}, None),
+    ("regnet_x_400mf", {}, None),
     (
         "VisionTransformer",
         {
@@ -68,6 +63,11 @@ DEFAULT_MODELS: list[tuple[str, dict, str | None]] = [
         },
         "neurons",
     ),
+    ("resnet18", {}, None),
+    ("mobilenet_v3_large", {}, None),
+    ("efficientnet_v2_s", {}, None),
+    ("resnet50", {}, None),
+    ("vgg11_bn", {}, None),
 ]
 
 
@@ -189,25 +189,21 @@ def main() -> None:
         f"params removed @ {args.rate}",
         "CPU speed-up",
     ]
-    rows = []
+    print(f"| {' | '.join(header)} |")
+    print(f"|{'|'.join('---' for _ in header)}|", flush=True)
     for name, kwargs, components in models:
         started = time.monotonic()
         cells = run(name, kwargs, components, args)
-        rows.append(
-            [
-                name + (f" ({components})" if components else ""),
-                *(cells[c] for c in CRITERIA),
-                cells["removal"],
-                cells["formats"],
-                cells["params"],
-                cells["speedup"],
-            ]
-        )
+        row = [
+            name + (f" ({components})" if components else ""),
+            *(cells[c] for c in CRITERIA),
+            cells["removal"],
+            cells["formats"],
+            cells["params"],
+            cells["speedup"],
+        ]
+        print(f"| {' | '.join(row)} |", flush=True)
         print(f"  {name}: {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-    print(f"| {' | '.join(header)} |")
-    print(f"|{'|'.join('---' for _ in header)}|")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
     print(
         f"\nrandom weights, digits at {args.image_size}², rate {args.rate} (weight criterion), "
         f"speed-up at batch {args.batch}, {args.latency_size}² (ViT: {args.image_size}²), 1 thread, "
