@@ -28,6 +28,16 @@ def _json_arg(text: str) -> dict[str, Any]:
     return value
 
 
+def _floats_arg(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {exc}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def _add_compress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="run a compression job locally (no server)")
     p.add_argument("--model", required=True, help="architecture name, e.g. digits_vgg, resnet50, vit_b_16")
@@ -39,6 +49,22 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "--data", default="digits", help="'digits', an ImageFolder dir, a .tar/.zip of one, or a tensor file"
     )
     p.add_argument("--image-size", type=int, help="resize images to this size (default: the architecture's)")
+    p.add_argument(
+        "--mean",
+        type=_floats_arg,
+        help="per-channel normalisation mean, comma-separated, e.g. 0.5,0.5,0.5 (default: the architecture's)",
+    )
+    p.add_argument("--std", type=_floats_arg, help="per-channel normalisation std, comma-separated")
+    p.add_argument(
+        "--allow-low-accuracy",
+        action="store_true",
+        help="run even if the unpruned model is near chance on the data (no rate is then called safe)",
+    )
+    p.add_argument(
+        "--min-unpruned-accuracy",
+        type=float,
+        help="also refuse when the unpruned test accuracy is below this (0-1)",
+    )
     p.add_argument(
         "--criterion",
         action="append",
@@ -95,6 +121,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
 def build_spec(args: argparse.Namespace) -> Any:
     from pxp.spec import (
         AttributionSpec,
+        BaselineSpec,
         DataSpec,
         ExportSpec,
         JobSpec,
@@ -121,7 +148,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         )
     return JobSpec(
         model=ModelSpec(architecture=args.model, kwargs=args.model_kwargs, weights=args.weights),
-        data=DataSpec(source=args.data, image_size=args.image_size),
+        data=DataSpec(source=args.data, image_size=args.image_size, mean=args.mean, std=args.std),
         criteria=[AttributionSpec(criterion=name, seed=args.seed) for name in names],
         splits=SplitSpec(
             reference_samples_per_class=args.samples_per_class,
@@ -144,6 +171,9 @@ def build_spec(args: argparse.Namespace) -> Any:
             enabled=not args.no_export,
             formats=["safetensors", *args.export],
             measure_latency=not args.no_latency,
+        ),
+        baseline=BaselineSpec(
+            allow_low_accuracy=args.allow_low_accuracy, min_unpruned_accuracy=args.min_unpruned_accuracy
         ),
         device=args.device,
     )

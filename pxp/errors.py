@@ -36,6 +36,10 @@ class InvalidDataError(UserError):
     """Reference data is unreadable, unsafe or unusable (one class, empty class, ...)."""
 
 
+class BaselineAccuracyError(UserError):
+    """The unpruned model is near chance on the user's data: wrong preprocessing or checkpoint."""
+
+
 class VerificationError(PxpError):
     """An internal consistency check failed (e.g. removed model != masked model)."""
 

@@ -226,6 +226,22 @@ class ExplainSpec(_Strict):
     heatmaps_per_class: int = Field(1, ge=1, le=10)
 
 
+class BaselineSpec(_Strict):
+    """The sanity gate run before any work: the unpruned model must beat chance on the test split.
+
+    A model near chance means the preprocessing (image size, mean/std, channels) or the
+    checkpoint is wrong; every pruning rate would then look "safe". The job stops with
+    :class:`~pxp.errors.BaselineAccuracyError` unless ``allow_low_accuracy`` is set, in
+    which case it runs but reports no safe rate (0.0) and exports unpruned unless
+    ``PruneSpec.rate`` is given.
+    """
+
+    #: Refuse below this unpruned accuracy too (absolute, 0–1), on top of the chance test.
+    min_unpruned_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    #: Run anyway on a model that fails the gate (benchmarks of random-weight models).
+    allow_low_accuracy: bool = False
+
+
 class JobSpec(_Strict):
     """A whole compression job."""
 
@@ -237,6 +253,7 @@ class JobSpec(_Strict):
     search: SearchSpec | None = None
     export: ExportSpec = Field(default_factory=ExportSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
+    baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     device: str = "auto"
 
     @field_validator("criteria")

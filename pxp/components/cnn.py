@@ -70,7 +70,10 @@ def cnn_module_groups(model: nn.Module) -> dict[str, str]:
 
 
 def find_cnn_layers(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> list[PrunableLayer]:
-    """One PrunableLayer per Conv2d (output channels), first conv included, classifier excluded."""
+    """One PrunableLayer per Conv2d (output channels), first conv included, classifier excluded.
+
+    Convs producing a squeeze-excitation gate are left out (see :mod:`pxp.components.gates`).
+    """
     order, bn_of = conv_order_and_bn(model)
     if not order:
         raise UnsupportedArchitectureError("model has no Conv2d layers to prune")
@@ -78,9 +81,12 @@ def find_cnn_layers(model: nn.Module, exclude: list[str] | tuple[str, ...] = ())
     if unknown:
         raise UnsupportedArchitectureError(f"excluded layer(s) {unknown} are not Conv2d modules of the model")
     modules = dict(model.named_modules())
+    from pxp.components.gates import gate_convs
+
+    gates = gate_convs(model)
     layers: list[PrunableLayer] = []
     for i, conv_name in enumerate(order):
-        if conv_name in exclude:
+        if conv_name in exclude or conv_name in gates:
             continue
         conv = modules[conv_name]
         assert isinstance(conv, nn.Conv2d)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from pxp.errors import InvalidSpecError
 from pxp.models.checkpoint import load_state_dict_file, load_weights
+from pxp.models.infer import check_matches, describe, fill_kwargs, suggest
 from pxp.models.registry import ArchitectureInfo, get_architecture, is_zoo
 from pxp.spec import ModelSpec
 
@@ -28,6 +29,10 @@ class LoadedModel:
     #: Effective constructor kwargs: ``info.builder(**kwargs)`` rebuilds the architecture.
     kwargs: dict[str, Any]
     num_classes: int
+    #: Preprocessing settings read from the checkpoint: ``{"image_size": "checkpoint", ...}``.
+    sources: dict[str, str] = field(default_factory=dict)
+    #: Kwargs filled from the checkpoint (the user did not give them), with their values.
+    inferred: dict[str, Any] = field(default_factory=dict)
 
 
 def _accepted(builder: Any) -> str:
@@ -99,8 +104,11 @@ def build_model(spec: ModelSpec, *, cache_dir: Path | None = None) -> LoadedMode
     """Build ``spec.architecture`` with ``spec.kwargs`` and its weights, in eval mode on CPU.
 
     Weights, in order:
-    - ``spec.weights`` (safetensors or weights-only torch file), loaded strictly. When the
-      kwargs do not set ``num_classes``, it is taken from the checkpoint's classifier.
+    - ``spec.weights`` (safetensors or weights-only torch file), loaded strictly. Kwargs the
+      checkpoint fixes (:mod:`pxp.models.infer`: ``num_classes``, a ViT's image/patch size,
+      width, depth and MLP size, a ResNet's block type and layers, input channels, ...) and
+      the user left out are filled from it; any disagreement between the checkpoint and the
+      built model is an :class:`InvalidModelError` with both numbers.
     - zoo names (``digits_*``) without weights: the trained zoo model, from the cache or
       trained now (see :mod:`pxp.zoo`).
     - any other name without weights: deterministic random initialisation
@@ -108,14 +116,24 @@ def build_model(spec: ModelSpec, *, cache_dir: Path | None = None) -> LoadedMode
     """
     info = get_architecture(spec.architecture)
     kwargs = info.effective_kwargs(spec.kwargs)
+    sources: dict[str, str] = {}
+    inferred: dict[str, Any] = {}
     if spec.weights is not None:
         state = load_state_dict_file(spec.weights)
-        model = instantiate(info, kwargs)
-        if "num_classes" not in spec.kwargs:
+        theirs = describe(state)
+        inferred, used = fill_kwargs(theirs, info.inferable, spec.kwargs)
+        kwargs.update(inferred)
+        sources = {"image_size": "checkpoint"} if "image_size" in used else {}
+        if "in_channels" in used:
+            sources["channels"] = "checkpoint"
+        model = _instantiate_for_checkpoint(info, kwargs, inferred)
+        if "num_classes" not in spec.kwargs and "num_classes" not in inferred:
             found = _checkpoint_num_classes(model, state)
             if found is not None:
-                kwargs["num_classes"] = found
+                kwargs["num_classes"] = inferred["num_classes"] = found
                 model = instantiate(info, kwargs)
+        hint = None if info.generic else suggest(theirs)
+        check_matches(info.name, kwargs, theirs, describe(model.state_dict()), hint)
         load_weights(model, state)
     elif is_zoo(info.name):
         from pxp.zoo import load_zoo_model
@@ -125,5 +143,25 @@ def build_model(spec: ModelSpec, *, cache_dir: Path | None = None) -> LoadedMode
         model = instantiate(info, kwargs)
     model.eval()
     return LoadedModel(
-        model=model, info=info.resolve(kwargs), kwargs=kwargs, num_classes=int(kwargs["num_classes"])
+        model=model,
+        info=info.resolve(kwargs),
+        kwargs=kwargs,
+        num_classes=int(kwargs["num_classes"]),
+        sources=sources,
+        inferred=inferred,
     )
+
+
+def _instantiate_for_checkpoint(
+    info: ArchitectureInfo, kwargs: dict[str, Any], inferred: dict[str, Any]
+) -> nn.Module:
+    """:func:`instantiate`, saying which kwargs came from the checkpoint when it fails."""
+    try:
+        return instantiate(info, kwargs)
+    except InvalidSpecError as exc:
+        if not inferred:
+            raise
+        note = ""
+        if info.family == "vit" and "num_heads" not in kwargs:
+            note = " num_heads is not stored in a checkpoint; pass it in the model kwargs."
+        raise InvalidSpecError(f"{exc} (read from the checkpoint: {inferred}).{note}") from None

@@ -81,7 +81,14 @@ def _timm_attention_class() -> type | None:
 def module_spec(module: nn.Module) -> dict[str, Any]:
     """Type and sizes of a module, enough for :func:`resize_module` to give a fresh one its shapes."""
     if isinstance(module, nn.Conv2d):
-        return {"type": "Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels}
+        spec: dict[str, Any] = {
+            "type": "Conv2d",
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+        }
+        if module.groups != 1:
+            spec["groups"] = module.groups
+        return spec
     if isinstance(module, nn.Linear):
         return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features}
     if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
@@ -122,10 +129,20 @@ def _int(spec: dict[str, Any], key: str) -> int:
     return value
 
 
+def _is_depthwise(module: nn.Conv2d) -> bool:
+    return module.groups == module.in_channels == module.out_channels > 1
+
+
 def _resize_conv(module: nn.Conv2d, spec: dict[str, Any]) -> None:
-    if module.groups != 1:
-        raise InvalidModelError("grouped convolutions cannot be resized")
     cin, cout = _int(spec, "in_channels"), _int(spec, "out_channels")
+    if module.groups != 1:
+        # Depthwise (one filter per channel) stays depthwise at the new width.
+        if not _is_depthwise(module) or not cin == cout == spec.get("groups"):
+            raise InvalidModelError("only depthwise grouped convolutions can be resized")
+        _set(module, "weight", _fresh(module.weight, (cout, 1, *module.weight.shape[2:])))
+        _set(module, "bias", _fresh(module.bias, (cout,)))
+        module.in_channels = module.out_channels = module.groups = cout
+        return
     _set(module, "weight", _fresh(module.weight, (cout, cin, *module.weight.shape[2:])))
     _set(module, "bias", _fresh(module.bias, (cout,)))
     module.in_channels, module.out_channels = cin, cout

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from pxp.errors import UnsupportedArchitectureError
-from pxp.models import digits
+from pxp.models import digits, generic
 from pxp.spec import Family
 
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -46,6 +46,11 @@ class ArchitectureInfo:
     image_size_kwarg: str | None = None
     #: Kwargs refused because they would download weights or read files.
     forbidden_kwargs: frozenset[str] = field(default_factory=frozenset)
+    #: Checkpoint descriptors (:func:`pxp.models.infer.describe`) this builder takes as kwargs,
+    #: descriptor name -> kwarg name; a checkpoint fills the ones the user leaves out.
+    inferable: dict[str, str] = field(default_factory=lambda: {"num_classes": "num_classes"})
+    #: Whether the name is a generic class (``ResNet``) rather than a fixed configuration.
+    generic: bool = False
 
     def effective_kwargs(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         return {**self.default_kwargs, **(kwargs or {})}
@@ -89,11 +94,38 @@ def _signature_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
     return defaults
 
 
+#: Torchvision CNN families beyond VGG/ResNet: (name, class). LRP is refused on them where
+#: it is not faithful (:mod:`pxp.attribution.support`); the other criteria work.
+_EXTRA_CNNS: tuple[tuple[str, str], ...] = (
+    ("mobilenet_v2", "MobileNetV2"),
+    ("mobilenet_v3_small", "MobileNetV3"),
+    ("mobilenet_v3_large", "MobileNetV3"),
+    *((f"efficientnet_b{i}", "EfficientNet") for i in range(4)),
+    ("efficientnet_v2_s", "EfficientNet"),
+    ("regnet_x_400mf", "RegNet"),
+    ("regnet_y_400mf", "RegNet"),
+    ("regnet_y_800mf", "RegNet"),
+    ("densenet121", "DenseNet"),
+    ("densenet169", "DenseNet"),
+)
+#: Names refused with a reason rather than as unknown.
+_REFUSED: dict[str, str] = {
+    name: (
+        f"{name} is not supported: every ConvNeXt conv writes into the residual stream through a "
+        "LayerNorm over channels, where a zeroed channel still shifts the statistics, so no conv "
+        "filter can be pruned to contribute nothing; its prunable units would be the MLP neurons, "
+        "which the CNN family does not prune"
+    )
+    for name in ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+}
+
+
 def _builtin() -> dict[str, ArchitectureInfo]:
     table: dict[str, ArchitectureInfo] = {}
     tv_forbidden = frozenset({"weights", "progress"})
     cnn_names = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
-    cnn_names += ["resnet18", "resnet34", "resnet50"]
+    cnn_names += ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+    cnn_names += ["wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d"]
     for name in cnn_names:
         table[name] = ArchitectureInfo(
             name=name,
@@ -106,7 +138,7 @@ def _builtin() -> dict[str, ArchitectureInfo]:
             std=IMAGENET_STD,
             forbidden_kwargs=tv_forbidden,
         )
-    for name in ("vit_b_16", "vit_b_32", "vit_l_16"):
+    for name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"):
         table[name] = ArchitectureInfo(
             name=name,
             family="vit",
@@ -118,7 +150,59 @@ def _builtin() -> dict[str, ArchitectureInfo]:
             std=IMAGENET_STD,
             image_size_kwarg="image_size",
             forbidden_kwargs=tv_forbidden,
+            inferable={"num_classes": "num_classes", "image_size": "image_size"},
         )
+    for name, target in _EXTRA_CNNS:
+        table[name] = ArchitectureInfo(
+            name=name,
+            family="cnn",
+            builder=_torchvision(name, target),
+            default_kwargs={"num_classes": 1000},
+            input_channels=3,
+            image_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            forbidden_kwargs=tv_forbidden,
+        )
+    vit_descriptors = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_classes")
+    generics: list[tuple[str, Family, Callable[..., nn.Module], tuple[str, ...], str | None]] = [
+        (
+            "VisionTransformer",
+            "vit",
+            generic.vision_transformer,
+            (*vit_descriptors, "representation_size"),
+            "image_size",
+        ),
+        (
+            "ResNet",
+            "cnn",
+            generic.resnet,
+            ("block", "layers", "groups", "width_per_group", "num_classes"),
+            None,
+        ),
+        ("VGG", "cnn", generic.vgg, ("cfg", "batch_norm", "num_classes"), None),
+    ]
+    for name, family, builder, descriptors, size_kwarg in generics:
+        table[name] = ArchitectureInfo(
+            name=name,
+            family=family,
+            builder=builder,
+            default_kwargs={"num_classes": 1000},
+            input_channels=3,
+            image_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            channels_kwarg="in_channels",
+            image_size_kwarg=size_kwarg,
+            inferable={d: d for d in (*descriptors, "in_channels")},
+            generic=True,
+        )
+    zoo_inferable: dict[str, dict[str, str]] = {
+        "digits_vgg": {d: d for d in ("num_classes", "in_channels", "widths", "convs_per_stage", "hidden")},
+        "digits_resnet18": {"num_classes": "num_classes", "in_channels": "in_channels", "layers": "layers"}
+        | {"stem_width": "base_width"},
+        "digits_vit": {d: d for d in (*vit_descriptors, "in_channels")},
+    }
     zoo: list[tuple[str, Family, Callable[..., nn.Module], str | None]] = [
         ("digits_vgg", "cnn", digits.digits_vgg, None),
         ("digits_resnet18", "cnn", digits.digits_resnet18, None),
@@ -136,6 +220,7 @@ def _builtin() -> dict[str, ArchitectureInfo]:
             std=digits.DIGITS_STD,
             channels_kwarg="in_channels",
             image_size_kwarg=size_kwarg,
+            inferable=zoo_inferable[name],
         )
     return table
 
@@ -198,6 +283,7 @@ def _timm_info(name: str) -> ArchitectureInfo:
         forbidden_kwargs=frozenset(
             {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
         ),
+        inferable={"num_classes": "num_classes", "image_size": "img_size", "in_channels": "in_chans"},
     )
 
 
@@ -208,6 +294,8 @@ def get_architecture(name: str) -> ArchitectureInfo:
     """
     if name in _BUILTIN:
         return _BUILTIN[name]
+    if name in _REFUSED:
+        raise UnsupportedArchitectureError(_REFUSED[name])
     if name.startswith(TIMM_PREFIX):
         return _timm_info(name)
     close = difflib.get_close_matches(name, list(_BUILTIN), n=5, cutoff=0.5)

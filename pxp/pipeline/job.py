@@ -20,6 +20,7 @@ from pxp.pipeline.explain import EXPLANATIONS_JSON, write_explanations
 from pxp.pipeline.export import export_job
 from pxp.pipeline.provenance import PROVENANCE_NAME, build_provenance
 from pxp.pipeline.reporter import ProgressCallback, Reporter
+from pxp.pipeline.sanity import no_safe_rate_unless_baseline_passed
 from pxp.pipeline.scoring import score
 from pxp.pipeline.search import run_job_search
 from pxp.pipeline.state import build_state
@@ -90,7 +91,7 @@ def run(
         report(f"attribution:{label}", 1, message=f"scored with {label}")
         order = state.order(scores)
         orders[label] = order
-        result = curve(state, label, order, "test", store)
+        result = no_safe_rate_unless_baseline_passed(state, curve(state, label, order, "test", store))
         curves.append(result)
         report(
             f"curve:{label}", 1, message=f"{label}: A_PR {result.apr:.4f}, safe rate {result.safe_rate:.2f}"
@@ -108,6 +109,7 @@ def run(
         if not any(c.label == "lrp" and c.accuracies == default_curve.accuracies for c in curves):
             curves.append(default_curve)
         curves.append(best_curve)
+        curves = [no_safe_rate_unless_baseline_passed(state, c) for c in curves]
         chosen_label = best_curve.label
         best_attribution = _best_attribution(search_result, spec.criteria[0])
         best_scores = score(state, best_attribution, store)
@@ -135,6 +137,9 @@ def run(
         chosen_rate = state.spec.prune.rate
     elif spec.prune.rate is not None:
         chosen_rate = spec.prune.rate
+    elif state.baseline is not None and not state.baseline.passed:
+        # A broken baseline makes every rate look safe; export unpruned instead.
+        chosen_rate = 0.0
     else:
         # The rate is chosen on the search split, so the test split stays an unbiased report.
         search_curve = curve(state, chosen_label, chosen_order, "search", store)

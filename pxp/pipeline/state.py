@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from pxp.attribution.support import removal_blocker, require_lrp_support
 from pxp.components import Family, PrunableLayer, default_kind, find_layers, prepare_model
 from pxp.data import LabelledData, Splits, load_data, make_splits
-from pxp.errors import InvalidDataError, InvalidSpecError
+from pxp.errors import InvalidDataError, InvalidSpecError, UnsupportedArchitectureError
 from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
+from pxp.pipeline.sanity import BaselineCheck, Preprocessing, check_baseline
 from pxp.pruning.evaluate import CurveMethod, make_planner
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.pruning.removal.plan import Planner
@@ -69,6 +71,10 @@ class JobState:
         return self._planner
 
     _graph: ComponentGraph | None = field(default=None, repr=False, compare=False)
+    #: How the images became model inputs (size, channels, mean, std and their sources).
+    preprocessing: Preprocessing | None = None
+    #: The sanity gate's measurement; ``passed`` is False only under ``allow_low_accuracy``.
+    baseline: BaselineCheck | None = None
 
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""
@@ -118,14 +124,31 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
         UnsupportedArchitectureError, InvalidModelError: the model cannot be built or loaded.
         InvalidDataError: the data cannot be read or does not fit the model.
         InvalidSpecError: the device or component choice is invalid.
+        BaselineAccuracyError: the unpruned model is near chance on the test split (see
+            :mod:`pxp.pipeline.sanity`) and ``spec.baseline.allow_low_accuracy`` is off.
     """
     report("load", message=f"building {spec.model.architecture}")
     loaded = build_model(spec.model)
     info = loaded.info
     family: Family = info.family
     device = resolve_device(spec.device)
+    if family == "cnn" and (spec.search is not None or any(c.criterion == "lrp" for c in spec.criteria)):
+        require_lrp_support(loaded.model, spec.model.architecture)
+    blocker = removal_blocker(loaded.model) if spec.export.enabled else None
+    if blocker is not None:
+        raise UnsupportedArchitectureError(
+            f"{spec.model.architecture} cannot be exported pruned: {blocker}. Run with --no-export "
+            "(ExportSpec.enabled=false) for the curves and the mask."
+        )
     report("data", 1, message=f"loading data from {spec.data.source}")
     image_size = spec.data.image_size or info.image_size
+    if spec.data.image_size and info.image_size_kwarg and spec.data.image_size != info.image_size:
+        origin = "the checkpoint's positional embedding" if loaded.sources.get("image_size") else "its kwargs"
+        raise InvalidSpecError(
+            f"--image-size {spec.data.image_size} (DataSpec.image_size) but {spec.model.architecture} takes "
+            f"{info.image_size}×{info.image_size} images ({origin}: {info.image_size_kwarg}={info.image_size}); "
+            "leave --image-size out, or build the model for the other size"
+        )
     data = load_data(spec.data, image_size=image_size, channels=info.input_channels)
     if int(data.labels.max()) >= loaded.num_classes:
         raise InvalidDataError(
@@ -138,6 +161,26 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     kind = spec.prune.components or default_kind(family)
     layers = find_layers(prepared, family, kind, spec.prune.exclude)
     report("data", 1, message=f"{len(layers)} prunable layers, {sum(x.size for x in layers)} {kind}")
+    preprocessing = Preprocessing(
+        image_size=image_size,
+        channels=info.input_channels,
+        mean=mean,
+        std=std,
+        sources={
+            "image_size": "spec"
+            if spec.data.image_size
+            else loaded.sources.get("image_size", "architecture default"),
+            "mean": "spec" if spec.data.mean else "architecture default",
+            "std": "spec" if spec.data.std else "architecture default",
+            "channels": loaded.sources.get("channels", "architecture default"),
+        },
+    )
+    test = _split_tensors(data, splits.test, mean, std, device)
+    report("data", 1, message="checking the unpruned accuracy")
+    baseline = check_baseline(
+        prepared, test[0], test[1], spec.baseline, preprocessing, spec.model.architecture
+    )
+    report("data", 1, message=f"unpruned accuracy {baseline.accuracy:.3f} (chance {baseline.chance:.3f})")
     return JobState(
         spec=spec,
         loaded=loaded,
@@ -149,5 +192,7 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
         device=device,
         reference=_split_tensors(data, splits.reference, mean, std, device),
         search=_split_tensors(data, splits.search, mean, std, device),
-        test=_split_tensors(data, splits.test, mean, std, device),
+        test=test,
+        preprocessing=preprocessing,
+        baseline=baseline,
     )

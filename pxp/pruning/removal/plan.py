@@ -89,9 +89,9 @@ def _zeroed(t: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor |
 
 def cut_tensors(module: nn.Module, cut: ModuleCut) -> dict[str, torch.Tensor]:
     """The module's own parameters and buffers after ``cut``; the module is not modified."""
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return _cut_depthwise(module, cut)
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise UnsupportedArchitectureError("structural removal does not support grouped convolutions")
         out: dict[str, torch.Tensor] = {}
         weight = _zeroed(module.weight, cut.zero_out)
         assert weight is not None
@@ -120,6 +120,25 @@ def cut_tensors(module: nn.Module, cut: ModuleCut) -> dict[str, torch.Tensor]:
             out[name] = _index(t, 0, keep)
         return out
     raise UnsupportedArchitectureError(f"structural removal cannot slice a {type(module).__name__}")
+
+
+def _cut_depthwise(module: nn.Conv2d, cut: ModuleCut) -> dict[str, torch.Tensor]:
+    """A depthwise conv (one filter per channel): its input and output channels go together."""
+    if not module.groups == module.in_channels == module.out_channels:
+        raise UnsupportedArchitectureError(
+            "structural removal supports depthwise but not other grouped convolutions "
+            f"(groups={module.groups}, {module.in_channels} -> {module.out_channels} channels)"
+        )
+    keep = cut.out_keep if cut.out_keep is not None else cut.in_keep
+    if cut.out_keep is not None and cut.in_keep is not None and not torch.equal(cut.out_keep, cut.in_keep):
+        raise UnsupportedArchitectureError("a depthwise conv must keep the same input and output channels")
+    weight = _zeroed(module.weight, cut.zero_out)
+    assert weight is not None
+    out = {"weight": _index(weight, 0, keep)}
+    bias = _zeroed(module.bias, cut.zero_out)
+    if bias is not None:
+        out["bias"] = _index(bias, 0, keep)
+    return out
 
 
 def apply_cuts(model: nn.Module, cuts: dict[str, ModuleCut]) -> None:
@@ -180,6 +199,9 @@ def cut_copy(model: nn.Module, cuts: dict[str, ModuleCut]) -> nn.Module:
 
 def _sizes(module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, int]:
     weight = tensors["weight"] if "weight" in tensors else tensors["running_mean"]
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        n = int(weight.shape[0])
+        return {"out_channels": n, "in_channels": n, "groups": n}
     if isinstance(module, nn.Conv2d):
         return {"out_channels": int(weight.shape[0]), "in_channels": int(weight.shape[1])}
     if isinstance(module, nn.Linear):

@@ -90,7 +90,7 @@ def test_num_classes_taken_from_checkpoint(tmp_path: Path) -> None:
     save_safetensors(five.state_dict(), path)
     loaded = build_model(ModelSpec(architecture="digits_vgg", kwargs=TINY, weights=str(path)))
     assert loaded.num_classes == 5 and loaded.kwargs["num_classes"] == 5
-    with pytest.raises(InvalidModelError, match="shape mismatch"):
+    with pytest.raises(InvalidModelError, match=r"num_classes: checkpoint 5 \(classifier rows\), model 10"):
         build_model(
             ModelSpec(architecture="digits_vgg", kwargs={**TINY, "num_classes": 10}, weights=str(path))
         )

@@ -1,0 +1,215 @@
+"""Supported model families: criteria, structural removal, export formats and CPU speed-up.
+
+For each architecture, with random weights (seed 0) on the bundled digits at
+``--image-size`` (the accuracy gate overridden: random weights are at chance), one
+job prunes ``--rate`` of the components with the ``weight`` criterion and exports it.
+Every other criterion the family supports is scored too (✓ ran, ✗ failed, — refused:
+LRP where it is not faithful). Removal is verified against masking inside the job.
+Export formats are tried one by one (safetensors, ONNX run by onnxruntime, TorchScript).
+Speed-up: median CPU latency of the unpruned over the exported, reloaded model at batch
+``--batch`` and ``--latency-size``², one thread, interleaved runs.
+
+    .venv/bin/python bench/families.py
+    .venv/bin/python bench/families.py --models mobilenet_v2 resnet18 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch import nn
+
+from pxp import pipeline
+from pxp.attribution.support import lrp_blockers, removal_blocker
+from pxp.errors import PxpError
+from pxp.models import build_model
+from pxp.models.compressed import load_compressed
+from pxp.spec import (
+    CRITERIA,
+    AttributionSpec,
+    BaselineSpec,
+    DataSpec,
+    ExportSpec,
+    JobSpec,
+    ModelSpec,
+    PruneSpec,
+    SplitSpec,
+)
+
+#: (architecture, kwargs, components)
+DEFAULT_MODELS: list[tuple[str, dict, str | None]] = [
+    ("mobilenet_v2", {}, None),
+    ("mobilenet_v3_small", {}, None),
+    ("efficientnet_b0", {}, None),
+    ("densenet121", {}, None),
+    ("regnet_x_400mf", {}, None),
+    (
+        "VisionTransformer",
+        {
+            "image_size": 32,
+            "patch_size": 4,
+            "num_layers": 4,
+            "num_heads": 4,
+            "hidden_dim": 128,
+            "mlp_dim": 512,
+        },
+        "neurons",
+    ),
+    ("resnet18", {}, None),
+    ("mobilenet_v3_large", {}, None),
+    ("efficientnet_v2_s", {}, None),
+    ("resnet50", {}, None),
+    ("vgg11_bn", {}, None),
+]
+
+
+def _spec(
+    name: str,
+    kwargs: dict,
+    components: str | None,
+    criteria: list[str],
+    args: argparse.Namespace,
+    export: list[str] | None,
+) -> JobSpec:
+    return JobSpec(
+        model=ModelSpec(architecture=name, kwargs={**kwargs, "num_classes": 10}),
+        data=DataSpec(image_size=args.image_size),
+        criteria=[AttributionSpec(criterion=c) for c in criteria],  # type: ignore[arg-type]
+        splits=SplitSpec(reference_samples_per_class=2, max_eval_samples=40),
+        prune=PruneSpec(rates=[0.0, args.rate], rate=args.rate, components=components),  # type: ignore[arg-type]
+        export=ExportSpec(enabled=export is not None, formats=export or ["safetensors"]),  # type: ignore[arg-type]
+        baseline=BaselineSpec(allow_low_accuracy=True),
+        device="cpu",
+    )
+
+
+def _latency(model: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(x)
+        return time.perf_counter() - start
+
+
+def _speedup(original: nn.Module, compressed: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    original.eval()
+    compressed.eval()
+    for _ in range(2):
+        _latency(original, x)
+        _latency(compressed, x)
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(_latency(original, x))
+        b.append(_latency(compressed, x))
+    return statistics.median(a) / statistics.median(b)
+
+
+def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespace) -> dict[str, str]:
+    loaded = build_model(ModelSpec(architecture=name, kwargs={**kwargs, "num_classes": 10}))
+    lrp_ok = loaded.info.family == "vit" or not lrp_blockers(loaded.model)
+    cells: dict[str, str] = {}
+    criteria = [c for c in CRITERIA if c != "lrp" or lrp_ok]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            pipeline.run(_spec(name, kwargs, components, criteria, args, None), Path(tmp) / "criteria")
+            cells.update({c: "✓" for c in criteria})
+        except PxpError:
+            for criterion in criteria:
+                try:
+                    spec = _spec(name, kwargs, components, [criterion], args, None)
+                    pipeline.run(spec, Path(tmp) / criterion)
+                    cells[criterion] = "✓"
+                except PxpError as exc:
+                    cells[criterion] = f"✗ ({type(exc).__name__})"
+        cells["lrp"] = cells.get("lrp", "—")
+        blocker = removal_blocker(loaded.model)
+        formats: list[str] = []
+        result = None
+        export_dir = Path(tmp) / "export"
+        if blocker is None:
+            for attempt in (
+                ["safetensors", "onnx", "torchscript"],
+                ["safetensors", "torchscript"],
+                ["safetensors"],
+            ):
+                try:
+                    spec = _spec(name, kwargs, components, ["weight"], args, attempt)
+                    result = pipeline.run(spec, export_dir / "-".join(attempt))
+                    formats = attempt
+                    export_dir = export_dir / "-".join(attempt)
+                    break
+                except Exception as exc:
+                    print(f"  {name} {attempt}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+        if result is None or result.compression is None:
+            cells["removal"] = "no (grouped convs)" if blocker else "no"
+            cells["formats"] = "—"
+            cells["params"] = "—"
+            cells["speedup"] = "—"
+            return cells
+        comp = result.compression
+        cells["removal"] = f"yes ({comp['components_removed']} removed, {comp['components_zeroed']} zeroed)"
+        cells["formats"] = ", ".join(formats)
+        cells["params"] = f"{1 - comp['params_after'] / comp['params_before']:.0%}"
+        compressed = load_compressed(export_dir)
+        channels = loaded.info.input_channels
+        size = args.image_size if loaded.info.family == "vit" else args.latency_size
+        x = torch.randn(args.batch, channels, size, size)
+        cells["speedup"] = f"{_speedup(loaded.model, compressed, x, args.repeats):.2f}×"
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", help="architecture names (default: the built-in list)")
+    parser.add_argument("--rate", type=float, default=0.3)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--latency-size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    models = DEFAULT_MODELS if not args.models else [(m, {}, None) for m in args.models]
+    header = [
+        "model",
+        *CRITERIA,
+        "removal",
+        "export formats",
+        f"params removed @ {args.rate}",
+        "CPU speed-up",
+    ]
+    print(f"| {' | '.join(header)} |")
+    print(f"|{'|'.join('---' for _ in header)}|", flush=True)
+    for name, kwargs, components in models:
+        started = time.monotonic()
+        cells = run(name, kwargs, components, args)
+        row = [
+            name + (f" ({components})" if components else ""),
+            *(cells[c] for c in CRITERIA),
+            cells["removal"],
+            cells["formats"],
+            cells["params"],
+            cells["speedup"],
+        ]
+        print(f"| {' | '.join(row)} |", flush=True)
+        print(f"  {name}: {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+    print(
+        f"\nrandom weights, digits at {args.image_size}², rate {args.rate} (weight criterion), "
+        f"speed-up at batch {args.batch}, {args.latency_size}² (ViT: {args.image_size}²), 1 thread, "
+        f"median of {args.repeats}; torch {torch.__version__}"
+    )
+
+
+if __name__ == "__main__":
+    main()
