@@ -132,6 +132,7 @@ def run(
         state, budget_record = choose_budget(state, chosen_scores, store, normalize)
         chosen_order = state.order(chosen_scores, normalize=normalize)
         chosen_label = f"{chosen_label} (budget)"
+        scored[chosen_label] = (attribution, chosen_scores)
         curves.append(curve(state, chosen_label, chosen_order, "test", store))
         assert state.spec.prune.rate is not None
         chosen_rate = state.spec.prune.rate
