@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from service.api import errors
 from service.api.auth import KeyCache, authenticate
+from service.api.edge import StrictInputMiddleware, UnexpectedErrorMiddleware
 from service.api.errors import ApiError
 from service.api.limits import MULTIPART_OVERHEAD, BodySizeLimitMiddleware
 from service.api.metrics import MetricsMiddleware, track_jobs
@@ -114,8 +115,11 @@ def create_app(
     errors.install(app)
     for router in (health.router, models.router, datasets.router, jobs.router):
         app.include_router(router)
-    # Added last = outermost: metrics see every response, limits run before auth parsing.
+    # Added last = outermost: metrics see every response, limits run before auth parsing,
+    # unstorable text is refused before any route, an unhandled error still answers a 500.
+    app.add_middleware(StrictInputMiddleware)
     app.add_middleware(UploadAuthMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_limits(settings))
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app

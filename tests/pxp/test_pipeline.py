@@ -128,3 +128,16 @@ def test_exported_checkpoint_reloads_with_the_reported_accuracy(tmp_path: Path) 
     assert result.compression["test_accuracy"] == pytest.approx(
         result.curves[0].accuracies[RATES.index(0.25)]
     )
+
+
+@pytest.mark.parametrize("name", ["meta", "cuda:99"])
+def test_devices_that_cannot_run_a_job_are_user_errors(name):
+    import torch
+
+    from pxp.errors import InvalidSpecError
+    from pxp.pipeline.state import resolve_device
+
+    if name == "cuda:99" and not torch.cuda.is_available():
+        name = "cuda:0"  # no CUDA at all: still a user error, not an internal one
+    with pytest.raises(InvalidSpecError):
+        resolve_device(name)

@@ -12,6 +12,7 @@ from service.api.auth import Principal, authenticate
 from service.api.errors import ApiError, not_found
 from service.api.paging import page_cursor, page_limit
 from service.api.schemas import ERROR_RESPONSES, DatasetOut, Page
+from service.api.text import check_text
 from service.api.uploads import spool
 from service.db import repo
 from service.settings import Settings
@@ -38,6 +39,7 @@ def create_dataset(
     Archives are checked without extracting: member names (no absolute paths, ``..``,
     links), member count, declared size, and at least two class directories.
     """
+    check_text(uri, "uri")
     if (file is None) == (uri is None):
         raise ApiError(422, "invalid_request", "send exactly one of 'file' and 'uri'")
     if uri is not None:

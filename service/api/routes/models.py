@@ -14,6 +14,7 @@ from service.api.auth import Principal, authenticate
 from service.api.errors import ApiError, not_found
 from service.api.paging import page_cursor, page_limit
 from service.api.schemas import ERROR_RESPONSES, ModelOut, Page
+from service.api.text import check_text, strict_json_loads
 from service.api.uploads import spool
 from service.db import repo
 from service.settings import Settings
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 def parse_kwargs(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text or "{}")
+        value = strict_json_loads(text or "{}", "kwargs")
     except json.JSONDecodeError as exc:
         raise InvalidSpecError(f"kwargs is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -57,6 +58,8 @@ def create_model(
     The gateway checks the container format (pickle is refused) without torch; whether
     the weights fit the architecture is checked by the worker when a job uses the model.
     """
+    check_text(architecture, "architecture")
+    check_text(uri, "uri")
     check_architecture(architecture)
     kw = parse_kwargs(kwargs)
     if (file is None) == (uri is None):
