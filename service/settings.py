@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     page_size_default: Annotated[int, Field(ge=1)] = 20
     page_size_max: Annotated[int, Field(ge=1)] = 100
     sse_poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    #: When set, ``GET /metrics`` requires ``Authorization: Bearer <metrics_token>``.
+    metrics_token: str | None = None
     progress_min_interval_s: Annotated[float, Field(ge=0)] = 0.2
 
     @field_validator("allowed_uri_schemes", mode="before")

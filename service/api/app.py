@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from service.api import errors
+from service.api import errors, openapi
 from service.api.auth import KeyCache, authenticate
 from service.api.edge import StrictInputMiddleware, UnexpectedErrorMiddleware
 from service.api.errors import ApiError
@@ -113,6 +113,7 @@ def create_app(
     track_jobs(app.state.session_factory)
 
     errors.install(app)
+    openapi.install(app)
     for router in (health.router, models.router, datasets.router, jobs.router):
         app.include_router(router)
     # Added last = outermost: metrics see every response, limits run before auth parsing,

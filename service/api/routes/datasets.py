@@ -11,7 +11,7 @@ from service.api import deps
 from service.api.auth import Principal, authenticate
 from service.api.errors import ApiError, not_found
 from service.api.paging import page_cursor, page_limit
-from service.api.schemas import ERROR_RESPONSES, DatasetOut, Page
+from service.api.schemas import DatasetOut, Page, error_responses
 from service.api.text import check_text
 from service.api.uploads import spool
 from service.db import repo
@@ -23,7 +23,7 @@ from service.validation.archives import check_dataset
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=201, response_model=DatasetOut, responses=ERROR_RESPONSES)
+@router.post("", status_code=201, response_model=DatasetOut, responses=error_responses(400, 413))
 def create_dataset(
     uri: Annotated[str | None, Form(description="Fetch the data from this URI instead of an upload.")] = None,
     file: Annotated[
@@ -72,7 +72,7 @@ def create_dataset(
     return DatasetOut.of(row)
 
 
-@router.get("", response_model=Page[DatasetOut], responses=ERROR_RESPONSES)
+@router.get("", response_model=Page[DatasetOut], responses=error_responses())
 def list_datasets(
     limit: Annotated[int | None, Query(ge=1)] = None,
     cursor: str | None = None,
@@ -84,7 +84,7 @@ def list_datasets(
     return Page[DatasetOut](items=[DatasetOut.of(r) for r in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=ERROR_RESPONSES)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
 def get_dataset(
     dataset_id: str, principal: Principal = Depends(authenticate), s: Session = Depends(deps.db)
 ) -> DatasetOut:
