@@ -49,10 +49,13 @@ def create_dataset(
     assert file is not None
     upload = spool(file.file, file.filename, max_bytes=settings.max_dataset_bytes, default_name="dataset")
     try:
+        # This route is a plain ``def``: FastAPI runs it (spooling, validation) in the
+        # threadpool, never on the event loop; the validation work is bounded by the limits.
         summary = check_dataset(
             upload.path,
             max_members=settings.max_archive_members,
             max_uncompressed_bytes=settings.max_archive_uncompressed_bytes,
+            max_ratio=settings.max_archive_ratio,
         )
         key = put_blob(storage, upload.path, upload.sha256)
         row = repo.add_dataset(
