@@ -307,12 +307,23 @@ class FaultCluster:
             rows = conn.execute(select(Job.id, Job.status, Job.worker, Job.attempts).where(Job.id.in_(ids)))
             return {r.id: r for r in rows}
 
-    def wait_running(self, job_id: str, timeout: float = 60) -> Any:
-        def running() -> Any:
-            row = self.jobs([job_id]).get(job_id)
-            return row if row is not None and row.status == "running" and row.worker else None
+    def wait_running(self, ids: list[str], timeout: float = 60) -> tuple[str, Any]:
+        """The id and row of a job of ``ids`` that is running now (submitting a burst can
+        take longer than the first jobs do, so any of them will do)."""
 
-        return wait_for(running, timeout, 0.05, f"job {job_id} running")
+        def running() -> tuple[str, Any] | None:
+            rows = self.jobs(ids)
+            for job_id in ids:
+                row = rows.get(job_id)
+                if row is not None and row.status == "running" and row.worker:
+                    return job_id, row
+            if len(rows) == len(ids) and all(
+                r.status != "queued" and r.status != "running" for r in rows.values()
+            ):
+                raise AssertionError("every job ended before the fault could be injected")
+            return None
+
+        return wait_for(running, timeout, 0.05, "a job running")
 
     def wait_terminal(self, ids: list[str], timeout: float) -> float:
         """Seconds until every job in ``ids`` is terminal (raises on timeout)."""
@@ -401,7 +412,11 @@ def make_cluster(s3: S3Server) -> FaultCluster:
 
 
 def remove_cluster(cluster: FaultCluster) -> None:
+    """Stop everything; the directory (logs included) stays when ``PXP_FAULT_KEEP`` is set."""
     cluster.stop()
+    if os.environ.get("PXP_FAULT_KEEP"):
+        print(f"fault cluster logs kept in {cluster.root}")
+        return
     shutil.rmtree(cluster.root, ignore_errors=True)
 
 

@@ -72,20 +72,32 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def _running_child(cluster: FaultCluster, ids: list[str]) -> tuple[str, int, int]:
+    """A running job, the pid of the Celery child running it and of that child's main
+    process (a child recycled after ``max_tasks_per_child`` jobs is skipped)."""
+    for _ in range(20):
+        job_id, row = cluster.wait_running(ids)
+        pid = child_pid(row.worker)
+        try:
+            return job_id, pid, _parent(pid)
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            time.sleep(0.05)
+    raise AssertionError("no running job whose child process could be found")
+
+
 def test_worker_child_sigkilled_mid_job(cluster):
     ids = [cluster.submit(steps=4, delay=0.4) for _ in range(JOBS)]
-    row = cluster.wait_running(ids[0])
+    victim, child, _main = _running_child(cluster, ids)
     fault_at = time.monotonic()
-    os.kill(child_pid(row.worker), signal.SIGKILL)
+    os.kill(child, signal.SIGKILL)
     _finish(cluster, "worker child SIGKILL", dict.fromkeys(ids, "succeeded"), fault_at)
-    assert cluster.jobs([ids[0]])[ids[0]].attempts >= 2
+    assert cluster.jobs([victim])[victim].attempts >= 2
     _ensure_workers(cluster)
 
 
 def test_worker_main_process_sigkilled(cluster):
     ids = [cluster.submit(steps=4, delay=0.4) for _ in range(JOBS)]
-    row = cluster.wait_running(ids[0])
-    main = _parent(child_pid(row.worker))
+    _victim, _child, main = _running_child(cluster, ids)
     index = next(i for i, w in enumerate(cluster.workers) if w.pid == main)
     fault_at = time.monotonic()
     os.kill(main, signal.SIGKILL)
@@ -96,7 +108,7 @@ def test_worker_main_process_sigkilled(cluster):
 
 def test_redis_restarted_with_nothing_on_disk(cluster):
     ids = [cluster.submit(steps=3, delay=0.4) for _ in range(JOBS + 1)]
-    cluster.wait_running(ids[0])
+    cluster.wait_running(ids)
     fault_at = time.monotonic()
     cluster.restart_redis()
     _finish(cluster, "Redis restart (empty)", dict.fromkeys(ids, "succeeded"), fault_at)
@@ -104,7 +116,7 @@ def test_redis_restarted_with_nothing_on_disk(cluster):
 
 def test_postgres_stopped_and_restarted_with_jobs_queued_and_running(cluster):
     ids = [cluster.submit(steps=4, delay=0.4) for _ in range(JOBS + 1)]
-    cluster.wait_running(ids[0])
+    cluster.wait_running(ids)
     fault_at = time.monotonic()
     cluster.stop_postgres()
     try:
@@ -148,10 +160,10 @@ def test_gateway_sigkilled_during_a_submit_burst(cluster):
 def test_cancel_after_a_worker_crash(cluster):
     victim = cluster.submit(steps=8, delay=0.5)
     others = [cluster.submit(steps=2, delay=0.2) for _ in range(JOBS - 1)]
-    row = cluster.wait_running(victim)
+    _victim, child, _main = _running_child(cluster, [victim])
     time.sleep(0.6)  # a stage finished: the work directory holds state
     fault_at = time.monotonic()
-    os.kill(child_pid(row.worker), signal.SIGKILL)
+    os.kill(child, signal.SIGKILL)
     resp = httpx.post(f"{cluster.url}/v1/jobs/{victim}/cancel", headers=cluster.headers(), timeout=10)
     assert resp.status_code == 202, resp.text
     expected = {victim: "cancelled", **dict.fromkeys(others, "succeeded")}
