@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pxp-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint format bench bench-service clean
+.PHONY: install demo test test-all test-faults lint format bench bench-service bench-faults clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault suite's full form (`make test` runs it bounded, 3 jobs per scenario).
+FAULT_JOBS ?= 20
+test-faults: $(STAMP)
+	PXP_FAULT_JOBS=$(FAULT_JOBS) $(PY) -m pytest -m fault tests/faults $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -45,6 +50,10 @@ bench: $(STAMP)
 # Needs the local Postgres and Redis (production layout on loopback).
 bench-service: $(STAMP)
 	$(PY) bench/service_load.py --spawn production
+
+# Fault table (own Postgres cluster and Redis on spare ports; see docs/reliability.md).
+bench-faults: $(STAMP)
+	$(PY) bench/faults.py --jobs $(FAULT_JOBS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,9 +7,10 @@ validate a JobSpec without loading torch.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 CriterionName = Literal["lrp", "gradient", "taylor", "integrated_gradients", "weight", "random"]
 #: Every criterion name, in the order the CLI's ``--criterion all`` runs them.
@@ -26,6 +27,16 @@ CNN_GROUPS: tuple[str, ...] = ("low", "mid", "high", "fc")
 VIT_GROUPS: tuple[str, ...] = ("early", "middle", "late", "fc")
 
 DEFAULT_RATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
+
+#: Seeds are what numpy and torch both accept: 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+#: Device names a job may ask for: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$"
+
+
+def _seed() -> Any:
+    return Field(0, ge=0, le=MAX_SEED, description=f"0 <= seed <= {MAX_SEED}")
+
 
 _PARAM_RANGES: dict[str, tuple[float, float]] = {
     "epsilon": (1e-9, 1.0),
@@ -94,7 +105,7 @@ class AttributionSpec(_Strict):
     aggregation: Aggregation = "abs"
     ig_steps: int = Field(20, ge=2, le=512)
     batch_size: int = Field(32, ge=1, le=4096)
-    seed: int = 0
+    seed: int = _seed()
 
     @property
     def label(self) -> str:
@@ -123,6 +134,21 @@ class DataSpec(_Strict):
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite_and_positive_std(
+        cls, value: tuple[float, ...] | None, info: ValidationInfo
+    ) -> tuple[float, ...] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError(f"{info.field_name} must have at least one value")
+        if not all(math.isfinite(v) for v in value):
+            raise ValueError(f"{info.field_name} values must be finite")
+        if info.field_name == "std" and not all(v > 0 for v in value):
+            raise ValueError("std values must be positive")
+        return value
+
 
 class SplitSpec(_Strict):
     """Seeded, class-balanced, disjoint reference / search / test splits."""
@@ -130,7 +156,7 @@ class SplitSpec(_Strict):
     reference_samples_per_class: int = Field(10, ge=1, le=10_000)
     search_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     max_eval_samples: int | None = Field(None, ge=10)
-    seed: int = 0
+    seed: int = _seed()
 
 
 RecoveryName = Literal["bn_reestimate", "mean_fold", "least_squares"]
@@ -199,7 +225,7 @@ class SearchSpec(_Strict):
     plateau_trials: int | None = Field(15, ge=1)
     storage: str | None = None
     study_name: str | None = None
-    seed: int = 0
+    seed: int = _seed()
     search_aggregation: bool = True
     search_normalization: bool = True
 
@@ -254,7 +280,7 @@ class JobSpec(_Strict):
     export: ExportSpec = Field(default_factory=ExportSpec)
     explain: ExplainSpec = Field(default_factory=ExplainSpec)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
-    device: str = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto, cpu, cuda, cuda:N or mps")
 
     @field_validator("criteria")
     @classmethod

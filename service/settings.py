@@ -56,8 +56,13 @@ class Settings(BaseSettings):
     max_model_bytes: Annotated[int, Field(ge=1)] = 2048 * MiB
     max_dataset_bytes: Annotated[int, Field(ge=1)] = 4096 * MiB
     max_json_bytes: Annotated[int, Field(ge=1)] = 1 * MiB
-    max_archive_members: Annotated[int, Field(ge=1)] = 200_000
-    max_archive_uncompressed_bytes: Annotated[int, Field(ge=1)] = 16384 * MiB
+    #: One limit for the gateway's check and the worker's extraction: the defaults equal
+    #: ``pxp.data.load.MAX_MEMBERS`` / ``MAX_ARCHIVE_BYTES`` (a test keeps them equal), so an
+    #: archive the gateway accepts is one the worker extracts.
+    max_archive_members: Annotated[int, Field(ge=1)] = 100_000
+    max_archive_uncompressed_bytes: Annotated[int, Field(ge=1)] = 2048 * MiB
+    #: An archive may expand to at most this many times its own size (zip/gzip bombs).
+    max_archive_ratio: Annotated[float, Field(gt=1)] = 200.0
 
     # Remote inputs given as URIs instead of uploads.
     allowed_uri_schemes: Annotated[list[str], NoDecode] = ["https"]
@@ -100,6 +105,8 @@ class Settings(BaseSettings):
     page_size_default: Annotated[int, Field(ge=1)] = 20
     page_size_max: Annotated[int, Field(ge=1)] = 100
     sse_poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    #: When set, ``GET /metrics`` requires ``Authorization: Bearer <metrics_token>``.
+    metrics_token: str | None = None
     progress_min_interval_s: Annotated[float, Field(ge=0)] = 0.2
 
     @field_validator("allowed_uri_schemes", mode="before")

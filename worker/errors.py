@@ -17,6 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import OperationalError as SAOperationalError
+from sqlalchemy.exc import TimeoutError as SAPoolTimeout
 
 from pxp.errors import JobCancelledError, PxpError, UserError
 from service.db.models import ErrorKind
@@ -28,6 +32,7 @@ __all__ = [
     "WorkerLostError",
     "error_payload",
     "is_celery_time_limit",
+    "is_database_unavailable",
     "time_limit_error",
     "worker_lost_payload",
 ]
@@ -69,3 +74,14 @@ def is_celery_time_limit(exc: BaseException) -> bool:
 
 def worker_lost_payload(attempts: int) -> dict[str, Any]:
     return error_payload(WorkerLostError(f"the worker running this job was lost {attempts} time(s)"))
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached (outage, restart, failover, pool exhausted).
+
+    Such a failure says nothing about the job: it is not recorded on the row (it could not
+    be anyway); the task is retried and the job keeps its place.
+    """
+    if isinstance(exc, SAOperationalError | SAInterfaceError | SAPoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)

@@ -36,7 +36,13 @@ from service.db.types import utcnow
 from service.dispatch import Dispatcher, make_dispatcher
 from service.settings import Settings
 from service.storage import Storage, make_storage, put_blob
-from worker.errors import JobLostError, error_payload, is_celery_time_limit, time_limit_error
+from worker.errors import (
+    JobLostError,
+    error_payload,
+    is_celery_time_limit,
+    is_database_unavailable,
+    time_limit_error,
+)
 from worker.inputs import materialise
 from worker.progress import JobReporter
 
@@ -190,11 +196,13 @@ def execute_job(
         ctx.dispatcher.forget(job_id)
     except Exception:
         log.warning("could not clear the enqueue marker of job %s", job_id, exc_info=True)
+    workdir = settings.jobs_dir / job_id
     if not claimed:
+        if _end_cancelled(ctx, job_id, workdir):
+            return JobStatus.CANCELLED
         log.info("job %s not claimable (finished, cancelled or owned elsewhere)", job_id)
         return None
 
-    workdir = settings.jobs_dir / job_id
     reporter = JobReporter(
         ctx.session_factory,
         job_id,
@@ -238,6 +246,11 @@ def execute_job(
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
+        if is_database_unavailable(exc):
+            # Nothing can be recorded, and nothing is wrong with the job: the caller retries
+            # it, and the work directory stays for the next attempt to resume from.
+            log.warning("job %s: the database is unavailable; leaving the job for a retry", job_id)
+            raise
         if is_celery_time_limit(exc):
             exc = time_limit_error(settings.job_soft_time_limit_s)
         log.exception("job %s failed", job_id)
@@ -247,6 +260,48 @@ def execute_job(
         shutil.rmtree(workdir, ignore_errors=True)
     _release_memory()
     return status if done else None
+
+
+#: Backoff of a task that could not reach the database: 1, 2, 4, ... seconds, at most this.
+MAX_RETRY_DELAY_S = 30.0
+
+
+def retry_delay(retries: int) -> float:
+    return float(min(2.0**retries, MAX_RETRY_DELAY_S))
+
+
+def run_with_retry(task: Any, job_id: str, ctx: WorkerContext) -> str | None:
+    """Run the job; when the database cannot be reached, never lose it.
+
+    The enqueued marker is cleared first (so the reconciler re-sends the job if the retry
+    message is lost too: a worker killed while holding it, a broker restart), then the
+    task is retried with exponential backoff. A duplicate message is harmless: the claim
+    is atomic.
+    """
+    try:
+        return execute_job(job_id, ctx, worker=worker_id((task.request.id or "")[:8]))
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        try:
+            ctx.dispatcher.forget(job_id)
+        except Exception:
+            log.warning("could not clear the enqueue marker of job %s", job_id, exc_info=True)
+        delay = retry_delay(int(task.request.retries or 0))
+        log.warning("job %s: database unavailable; retrying in %.0f s", job_id, delay)
+        raise task.retry(exc=exc, countdown=delay) from None
+
+
+def _end_cancelled(ctx: WorkerContext, job_id: str, workdir: Path) -> bool:
+    """A job that came back to the queue (its worker was lost) after a cancel was requested
+    ends ``cancelled`` here; its work directory goes with it. True if this call ended it."""
+    with ctx.session_factory() as s:
+        ended = repo.cancel_requeued_job(s, job_id)
+        s.commit()
+    if ended:
+        log.info("job %s: cancel requested while it was requeued; cancelled", job_id)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ended
 
 
 def _release_memory() -> None:

@@ -9,6 +9,9 @@
   waiting for its heartbeat to go stale.
 * A **queued** job enqueued more than ``queued_grace_s`` ago whose broker marker is
   gone (Redis restarted; it keeps nothing on disk) is sent again.
+* A lost job whose cancel was requested is not requeued (no worker would claim it): it
+  ends ``cancelled`` and its work directory on this host is removed. A queued one left
+  so by an older version ends the same way.
 
 Re-sending is safe because claiming a job is atomic: a duplicate message finds the job
 taken and does nothing. In Celery mode every worker runs :func:`start_thread`; a Redis
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import socket
 import threading
 import uuid
@@ -59,6 +63,7 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
 
 
 def reconcile_once(ctx: WorkerContext, now: datetime | None = None) -> ReconcileReport:
@@ -75,7 +80,10 @@ def reconcile_once(ctx: WorkerContext, now: datetime | None = None) -> Reconcile
             if job.id not in lost and _orphaned_here(job.worker):
                 lost[job.id] = (job, None)
         for job, guard in lost.values():
-            if job.attempts >= settings.max_attempts:
+            if job.cancel_requested:
+                if repo.cancel_lost_job(s, job.id, job.worker, guard):
+                    report.cancelled.append(job.id)
+            elif job.attempts >= settings.max_attempts:
                 if repo.fail_job(s, job.id, worker_lost_payload(job.attempts)):
                     report.failed.append(job.id)
             elif repo.requeue_job(s, job.id, job.worker, guard):
@@ -83,16 +91,27 @@ def reconcile_once(ctx: WorkerContext, now: datetime | None = None) -> Reconcile
                 to_send.append(job.id)
             s.commit()
         for job in repo.queued_jobs_enqueued_before(s, now - timedelta(seconds=settings.queued_grace_s)):
+            if job.cancel_requested:
+                if repo.cancel_requeued_job(s, job.id):
+                    s.commit()
+                    report.cancelled.append(job.id)
+                continue
             if job.id not in to_send and not ctx.dispatcher.is_pending(job.id):
                 repo.mark_enqueued(s, job.id)
                 s.commit()
                 report.resent.append(job.id)
                 to_send.append(job.id)
+    for job_id in report.cancelled:
+        shutil.rmtree(settings.jobs_dir / job_id, ignore_errors=True)
     for job_id in to_send:
         ctx.dispatcher.enqueue(job_id)
-    if report.requeued or report.resent or report.failed:
+    if report.requeued or report.resent or report.failed or report.cancelled:
         log.warning(
-            "reconciler: requeued %s, resent %s, failed %s", report.requeued, report.resent, report.failed
+            "reconciler: requeued %s, resent %s, failed %s, cancelled %s",
+            report.requeued,
+            report.resent,
+            report.failed,
+            report.cancelled,
         )
     return report
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.celery_app import app
-from worker.jobbody import WorkerContext, execute_job, worker_id
+from worker.jobbody import WorkerContext, run_with_retry
 
 _ctx: WorkerContext | None = None
 
@@ -18,6 +18,7 @@ def _context() -> WorkerContext:
     return _ctx
 
 
-@app.task(name="pxp.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None: a job waiting out a database outage is retried until the database is back.
+@app.task(name="pxp.run_job", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_job(self, job_id: str) -> str | None:  # type: ignore[no-untyped-def]  # bind=True passes the Celery Task as self, untyped in celery
-    return execute_job(job_id, _context(), worker=worker_id((self.request.id or "")[:8]))
+    return run_with_retry(self, job_id, _context())

@@ -120,7 +120,23 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         )
     if not obj:
         raise InvalidModelError(f"{path.name}: the state dict is empty")
+    _check_finite(path.name, obj)
     return _strip_prefixes(dict(obj))
+
+
+def _check_finite(name: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or ±Inf: no attribution or accuracy means anything then."""
+    bad = [
+        key
+        for key, tensor in state.items()
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        more = f" (+{len(bad) - _SHOW} more)" if len(bad) > _SHOW else ""
+        raise InvalidModelError(
+            f"{name}: {len(bad)} tensor(s) hold NaN or infinite values: {bad[:_SHOW]}{more}; "
+            "the checkpoint is corrupt or the training diverged"
+        )
 
 
 def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:

@@ -38,6 +38,13 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise InvalidSpecError(f"unknown device {name!r}") from exc
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InvalidSpecError(f"device {name!r} cannot run a job; use auto, cpu, cuda, cuda:N or mps")
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if count and device.index is not None and device.index >= count:
+        raise InvalidSpecError(f"device {name!r} requested but only {count} CUDA device(s) exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidSpecError("device 'mps' requested but MPS is not available")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidSpecError("device 'cuda' requested but no CUDA device is available")
     return device

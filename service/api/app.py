@@ -15,8 +15,9 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from service.api import errors
+from service.api import errors, openapi
 from service.api.auth import KeyCache, authenticate
+from service.api.edge import StrictInputMiddleware, UnexpectedErrorMiddleware
 from service.api.errors import ApiError
 from service.api.limits import MULTIPART_OVERHEAD, BodySizeLimitMiddleware
 from service.api.metrics import MetricsMiddleware, track_jobs
@@ -112,10 +113,14 @@ def create_app(
     track_jobs(app.state.session_factory)
 
     errors.install(app)
+    openapi.install(app)
     for router in (health.router, models.router, datasets.router, jobs.router):
         app.include_router(router)
-    # Added last = outermost: metrics see every response, limits run before auth parsing.
+    # Added last = outermost: metrics see every response, limits run before auth parsing,
+    # unstorable text is refused before any route, an unhandled error still answers a 500.
+    app.add_middleware(StrictInputMiddleware)
     app.add_middleware(UploadAuthMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_limits(settings))
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from service.db.models import Artifact, DatasetObject, ErrorKind, Job, JobStatus, ModelObject
 
@@ -67,6 +67,10 @@ class DatasetOut(BaseModel):
         )
 
 
+#: Marks the schema :mod:`service.api.openapi` replaces with a reference to ``JobSpecIn``.
+JOBSPEC_MARK = "x-pxp-jobspec"
+
+
 class JobCreate(BaseModel):
     """A job. ``spec`` is a :class:`pxp.spec.JobSpec`; its ``model.weights`` may be
     ``model:<id>`` or an allowed URI and ``data.source`` ``digits``, ``dataset:<id>`` or an
@@ -75,7 +79,12 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: dict[str, Any] = Field(default_factory=dict)
+    # Validated by pxp.spec.JobSpec in service.api.job_requests (after model_id/dataset_id fill
+    # it in, so its errors are 422 invalid_spec); the OpenAPI schema is JobSpec's own, served by
+    # service.api.openapi, with ``model`` optional when ``model_id`` is given.
+    spec: Annotated[dict[str, Any], WithJsonSchema({"type": "object", JOBSPEC_MARK: True})] = Field(
+        default_factory=dict
+    )
     model_id: str | None = None
     dataset_id: str | None = None
 
@@ -160,7 +169,28 @@ class ArtifactOut(BaseModel):
         )
 
 
-#: OpenAPI documentation of the error responses routes can return.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 422)
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed multipart/form-data body.",
+    401: "Missing, invalid or revoked API key.",
+    404: "No such object for this tenant.",
+    409: "Conflict: the Idempotency-Key was used with another body, or the job already finished.",
+    413: "Request body over the configured limit.",
+    422: "Invalid request: validation, unstorable text (NUL, lone surrogates) or NaN/Infinity.",
+    500: "Unexpected internal error (the connection stays usable).",
+    503: "A dependency (the database) is unavailable; retry after the Retry-After seconds.",
 }
+
+#: Every route can answer these (auth, parameter validation, the unexpected, an outage).
+COMMON_ERRORS: tuple[int, ...] = (401, 422, 500, 503)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the ``{error, detail}`` responses a route can return:
+    :data:`COMMON_ERRORS` plus ``codes``."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*COMMON_ERRORS, *codes}):
+        entry: dict[str, Any] = {"model": ErrorOut, "description": _ERROR_DESCRIPTIONS[code]}
+        if code == 503:
+            entry["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        out[code] = entry
+    return out

@@ -270,6 +270,52 @@ def claim_job(s: Session, job_id: str, worker: str, stale_before: datetime) -> b
     return bool(result.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
 
 
+def cancel_requeued_job(s: Session, job_id: str) -> bool:
+    """End a queued job whose cancel was requested as ``cancelled`` (the reconciler requeued
+    it after its worker was lost, and the claim refuses cancelled-requested jobs)."""
+    now = utcnow()
+    res = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(True))
+        .values(
+            status=JobStatus.CANCELLED,
+            stage=JobStatus.CANCELLED,
+            worker=None,
+            finished_at=now,
+            updated_at=now,
+            seq=Job.seq + 1,
+        )
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
+
+
+def cancel_lost_job(s: Session, job_id: str, worker: str | None, stale_before: datetime | None) -> bool:
+    """End a running job whose worker vanished after a cancel was requested as ``cancelled``
+    (guarded like :func:`requeue_job`)."""
+    now = utcnow()
+    guard = [
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING,
+        Job.worker == worker,
+        Job.cancel_requested.is_(True),
+    ]
+    if stale_before is not None:
+        guard.append(func.coalesce(Job.heartbeat_at, Job.created_at) < stale_before)
+    res = s.execute(
+        update(Job)
+        .where(*guard)
+        .values(
+            status=JobStatus.CANCELLED,
+            stage=JobStatus.CANCELLED,
+            worker=None,
+            finished_at=now,
+            updated_at=now,
+            seq=Job.seq + 1,
+        )
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
+
+
 def next_queued_job_id(s: Session) -> str | None:
     return s.scalar(
         select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at, Job.id).limit(1)

@@ -66,16 +66,38 @@ def _zip_members(path: Path) -> Iterator[tuple[str, int, bool]]:
         raise InvalidDataError(f"corrupt zip archive: {exc}") from None
 
 
+#: Archives this small may expand to at most this much whatever their ratio.
+RATIO_FLOOR_BYTES = 16 * 1024 * 1024
+
+
+def expansion_limit(compressed_bytes: int, max_uncompressed_bytes: int, max_ratio: float) -> int:
+    """How far an archive of ``compressed_bytes`` may expand: the absolute limit, and at most
+    ``max_ratio`` times its own size (above a small floor)."""
+    by_ratio = max(int(compressed_bytes * max_ratio), RATIO_FLOOR_BYTES)
+    return min(max_uncompressed_bytes, by_ratio)
+
+
 def check_image_archive(
-    path: Path, kind: str, *, max_members: int, max_uncompressed_bytes: int
+    path: Path,
+    kind: str,
+    *,
+    max_members: int,
+    max_uncompressed_bytes: int,
+    max_ratio: float = float("inf"),
 ) -> DatasetSummary:
     """Validate member names, counts and sizes, and read the ImageFolder classes.
+
+    The work is bounded before it is done: each member's declared size is checked when its
+    header is read, before the reader decompresses its data to reach the next header, so
+    an archive can make the gateway decompress at most :func:`expansion_limit` bytes.
 
     Layout: ``<class>/<image>`` or ``<root>/<class>/<image>`` (one top-level directory).
     Single wrapper directories are skipped (``data/train/<class>/...``), as ``pxp.data`` does.
     At least two classes are required, since pruning by relevance needs class labels.
     """
     members = _tar_members(path) if kind == "tar" else _zip_members(path)
+    compressed = path.stat().st_size
+    limit = expansion_limit(compressed, max_uncompressed_bytes, max_ratio)
     total = 0
     images: list[PurePosixPath] = []
     for count, (name, size, is_file) in enumerate(members, start=1):
@@ -84,6 +106,11 @@ def check_image_archive(
         total += size
         if total > max_uncompressed_bytes:
             raise InvalidDataError(f"archive expands to more than {max_uncompressed_bytes} bytes")
+        if total > limit:
+            raise InvalidDataError(
+                f"archive expands more than {max_ratio:g} times its size of {compressed} bytes "
+                "(compression ratio limit)"
+            )
         member = _safe_name(name)
         if is_file and not _hidden(member) and member.suffix.lower() in IMAGE_SUFFIXES:
             images.append(member)
@@ -101,7 +128,9 @@ def check_image_archive(
     return DatasetSummary(format=kind, class_names=classes, num_files=len(images))
 
 
-def check_dataset(path: Path, *, max_members: int, max_uncompressed_bytes: int) -> DatasetSummary:
+def check_dataset(
+    path: Path, *, max_members: int, max_uncompressed_bytes: int, max_ratio: float = float("inf")
+) -> DatasetSummary:
     """Identify the upload's format and validate it; raise :class:`InvalidDataError` if unusable."""
     with open(path, "rb") as fh:
         head = fh.read(64)
@@ -117,11 +146,19 @@ def check_dataset(path: Path, *, max_members: int, max_uncompressed_bytes: int) 
             scan_torch_zip(path, InvalidDataError)
             return DatasetSummary(format="torch-zip")
         return check_image_archive(
-            path, "zip", max_members=max_members, max_uncompressed_bytes=max_uncompressed_bytes
+            path,
+            "zip",
+            max_members=max_members,
+            max_uncompressed_bytes=max_uncompressed_bytes,
+            max_ratio=max_ratio,
         )
     if _is_tar(path):
         return check_image_archive(
-            path, "tar", max_members=max_members, max_uncompressed_bytes=max_uncompressed_bytes
+            path,
+            "tar",
+            max_members=max_members,
+            max_uncompressed_bytes=max_uncompressed_bytes,
+            max_ratio=max_ratio,
         )
     if looks_like_pickle(head):
         raise InvalidDataError("pickle files are refused (they can execute code); use safetensors")

@@ -236,3 +236,16 @@ def test_budget_objective_exports_the_option_removing_the_most_macs(tmp_path: Pa
     assert result.compression["recovery"] == best["recovery"]
     assert result.compression["flops_removed_fraction"] == pytest.approx(best["macs_removed"], abs=1e-9)
     assert any(c.label == result.chosen_label and c.split == "test" for c in result.curves)
+
+
+@pytest.mark.parametrize("name", ["meta", "cuda:99"])
+def test_devices_that_cannot_run_a_job_are_user_errors(name):
+    import torch
+
+    from pxp.errors import InvalidSpecError
+    from pxp.pipeline.state import resolve_device
+
+    if name == "cuda:99" and not torch.cuda.is_available():
+        name = "cuda:0"  # no CUDA at all: still a user error, not an internal one
+    with pytest.raises(InvalidSpecError):
+        resolve_device(name)

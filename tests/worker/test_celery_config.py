@@ -40,3 +40,16 @@ def test_task_is_registered_with_late_ack(monkeypatch):
 def test_celery_needs_a_broker():
     with pytest.raises(RuntimeError, match="PXP_BROKER_URL"):
         make_celery(Settings(broker_url=None))
+
+
+def test_the_task_retries_a_database_outage_without_limit(monkeypatch):
+    from service.settings import get_settings
+
+    monkeypatch.setenv("PXP_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    try:
+        from worker.tasks import run_job
+    finally:
+        get_settings.cache_clear()
+
+    assert run_job.max_retries is None and run_job.acks_late

@@ -11,7 +11,8 @@ from service.api import deps
 from service.api.auth import Principal, authenticate
 from service.api.errors import ApiError, not_found
 from service.api.paging import page_cursor, page_limit
-from service.api.schemas import ERROR_RESPONSES, DatasetOut, Page
+from service.api.schemas import DatasetOut, Page, error_responses
+from service.api.text import check_text
 from service.api.uploads import spool
 from service.db import repo
 from service.settings import Settings
@@ -22,7 +23,7 @@ from service.validation.archives import check_dataset
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=201, response_model=DatasetOut, responses=ERROR_RESPONSES)
+@router.post("", status_code=201, response_model=DatasetOut, responses=error_responses(400, 413))
 def create_dataset(
     uri: Annotated[str | None, Form(description="Fetch the data from this URI instead of an upload.")] = None,
     file: Annotated[
@@ -38,6 +39,7 @@ def create_dataset(
     Archives are checked without extracting: member names (no absolute paths, ``..``,
     links), member count, declared size, and at least two class directories.
     """
+    check_text(uri, "uri")
     if (file is None) == (uri is None):
         raise ApiError(422, "invalid_request", "send exactly one of 'file' and 'uri'")
     if uri is not None:
@@ -47,10 +49,13 @@ def create_dataset(
     assert file is not None
     upload = spool(file.file, file.filename, max_bytes=settings.max_dataset_bytes, default_name="dataset")
     try:
+        # This route is a plain ``def``: FastAPI runs it (spooling, validation) in the
+        # threadpool, never on the event loop; the validation work is bounded by the limits.
         summary = check_dataset(
             upload.path,
             max_members=settings.max_archive_members,
             max_uncompressed_bytes=settings.max_archive_uncompressed_bytes,
+            max_ratio=settings.max_archive_ratio,
         )
         key = put_blob(storage, upload.path, upload.sha256)
         row = repo.add_dataset(
@@ -70,7 +75,7 @@ def create_dataset(
     return DatasetOut.of(row)
 
 
-@router.get("", response_model=Page[DatasetOut], responses=ERROR_RESPONSES)
+@router.get("", response_model=Page[DatasetOut], responses=error_responses())
 def list_datasets(
     limit: Annotated[int | None, Query(ge=1)] = None,
     cursor: str | None = None,
@@ -82,7 +87,7 @@ def list_datasets(
     return Page[DatasetOut](items=[DatasetOut.of(r) for r in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=ERROR_RESPONSES)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404))
 def get_dataset(
     dataset_id: str, principal: Principal = Depends(authenticate), s: Session = Depends(deps.db)
 ) -> DatasetOut:

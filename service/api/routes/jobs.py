@@ -21,7 +21,7 @@ from service.api.errors import ApiError, not_found
 from service.api.job_requests import resolve
 from service.api.metrics import JOBS_CREATED
 from service.api.paging import page_cursor, page_limit
-from service.api.schemas import ERROR_RESPONSES, ArtifactOut, JobCreate, JobOut, Page
+from service.api.schemas import ArtifactOut, JobCreate, JobOut, Page, error_responses
 from service.db import repo
 from service.db.async_reader import AsyncJobReader
 from service.db.models import TERMINAL_STATUSES, Job, JobStatus
@@ -31,6 +31,14 @@ from service.settings import Settings
 from service.storage import Storage
 
 log = logging.getLogger("pxp.gateway")
+
+
+class EventStream(EventSourceResponse):
+    """Only names the media type for OpenAPI; the route returns an EventSourceResponse."""
+
+    media_type = "text/event-stream"
+
+
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
@@ -41,7 +49,7 @@ def _owned_job(s: Session, principal: Principal, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=ERROR_RESPONSES)
+@router.post("", status_code=202, response_model=JobOut, responses=error_responses(404, 409, 413))
 def create_job(
     body: JobCreate,
     response: Response,
@@ -102,7 +110,7 @@ def _replay(
     return JobOut.of(existing)
 
 
-@router.get("", response_model=Page[JobOut], responses=ERROR_RESPONSES)
+@router.get("", response_model=Page[JobOut], responses=error_responses())
 def list_jobs(
     limit: Annotated[int | None, Query(ge=1)] = None,
     cursor: str | None = None,
@@ -122,7 +130,7 @@ def _load_job_out(factory: SessionFactory, tenant_id: str, job_id: str) -> JobOu
         return JobOut.of(job) if job is not None else None
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=ERROR_RESPONSES)
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 async def get_job(job_id: str, request: Request, principal: Principal = Depends(authenticate)) -> JobOut:
     """The job's status, stage, progress, trial, metrics and error. This is the route
     clients poll: one indexed query, on the event loop when the database is Postgres."""
@@ -139,7 +147,7 @@ async def get_job(job_id: str, request: Request, principal: Principal = Depends(
     return job
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=ERROR_RESPONSES)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=error_responses(404, 409))
 def cancel_job(
     job_id: str, principal: Principal = Depends(authenticate), s: Session = Depends(deps.db)
 ) -> JobOut:
@@ -154,9 +162,13 @@ def cancel_job(
 
 @router.get(
     "/{job_id}/events",
+    response_class=EventStream,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "progress events"},
-        **ERROR_RESPONSES,
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "progress events",
+        },
+        **error_responses(404),
     },
 )
 async def job_events(
@@ -194,7 +206,7 @@ async def job_events(
     return EventSourceResponse(stream(), ping=15)
 
 
-@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=ERROR_RESPONSES)
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=error_responses(404))
 def list_artifacts(
     job_id: str, principal: Principal = Depends(authenticate), s: Session = Depends(deps.db)
 ) -> list[ArtifactOut]:
@@ -205,7 +217,10 @@ def list_artifacts(
 
 @router.get(
     "/{job_id}/artifacts/{name}",
-    responses={200: {"content": {"application/octet-stream": {}}}, **ERROR_RESPONSES},
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(404),
+    },
     response_class=StreamingResponse,
 )
 def download_artifact(

@@ -13,7 +13,8 @@ from service.api import deps
 from service.api.auth import Principal, authenticate
 from service.api.errors import ApiError, not_found
 from service.api.paging import page_cursor, page_limit
-from service.api.schemas import ERROR_RESPONSES, ModelOut, Page
+from service.api.schemas import ModelOut, Page, error_responses
+from service.api.text import check_text, strict_json_loads
 from service.api.uploads import spool
 from service.db import repo
 from service.settings import Settings
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 def parse_kwargs(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text or "{}")
+        value = strict_json_loads(text or "{}", "kwargs")
     except json.JSONDecodeError as exc:
         raise InvalidSpecError(f"kwargs is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -35,7 +36,7 @@ def parse_kwargs(text: str) -> dict[str, Any]:
     return value
 
 
-@router.post("", status_code=201, response_model=ModelOut, responses=ERROR_RESPONSES)
+@router.post("", status_code=201, response_model=ModelOut, responses=error_responses(400, 413))
 def create_model(
     architecture: Annotated[
         str, Form(description="Registry name, e.g. 'resnet18' or 'timm/vit_tiny_patch16_224'.")
@@ -57,6 +58,8 @@ def create_model(
     The gateway checks the container format (pickle is refused) without torch; whether
     the weights fit the architecture is checked by the worker when a job uses the model.
     """
+    check_text(architecture, "architecture")
+    check_text(uri, "uri")
     check_architecture(architecture)
     kw = parse_kwargs(kwargs)
     if (file is None) == (uri is None):
@@ -89,7 +92,7 @@ def create_model(
     return ModelOut.of(row)
 
 
-@router.get("", response_model=Page[ModelOut], responses=ERROR_RESPONSES)
+@router.get("", response_model=Page[ModelOut], responses=error_responses())
 def list_models(
     limit: Annotated[int | None, Query(ge=1)] = None,
     cursor: str | None = None,
@@ -101,7 +104,7 @@ def list_models(
     return Page[ModelOut](items=[ModelOut.of(r) for r in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{model_id}", response_model=ModelOut, responses=ERROR_RESPONSES)
+@router.get("/{model_id}", response_model=ModelOut, responses=error_responses(404))
 def get_model(
     model_id: str, principal: Principal = Depends(authenticate), s: Session = Depends(deps.db)
 ) -> ModelOut:

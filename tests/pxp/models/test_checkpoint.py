@@ -196,3 +196,18 @@ def test_wrong_architecture_checkpoint(tmp_path: Path, trained_like: torch.nn.Mo
     )
     with pytest.raises(InvalidModelError, match="missing keys"):
         build_model(spec)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_non_finite_weights_are_a_user_error(tmp_path: Path, trained_like, bad, fmt):
+    state = {k: v.clone() for k, v in trained_like.state_dict().items()}
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first].view(-1)[0] = bad
+    path = tmp_path / ("m.safetensors" if fmt == "safetensors" else "m.pt")
+    if fmt == "safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    with pytest.raises(InvalidModelError, match="NaN or infinite"):
+        load_state_dict_file(path)
