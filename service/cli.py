@@ -2,7 +2,7 @@
 
 * ``pxp-service serve [--host --port --data-dir --workers --log-level]``: the gateway,
   plus embedded workers when nothing is configured (:mod:`service.embedded`);
-* ``pxp-service keys create|revoke|list``: API keys, straight against the database
+* ``pxp-service keys create|revoke|list|webhook-secret``: API keys and webhook secrets, straight against the database
   (:mod:`service.admin`).
 
 The torch-free ``pxp`` command keeps the client commands (``submit``, ``status``,
@@ -16,7 +16,7 @@ import sys
 USAGE = """usage: pxp-service {serve,keys} ...
 
   serve   run the gateway (+ an embedded worker when nothing is configured)
-  keys    create / revoke / list API keys (admin)
+  keys    create / revoke / list API keys, show or rotate webhook secrets (admin)
 """
 
 

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     allow_private_addresses: bool = False
     uri_timeout_s: Annotated[float, Field(gt=0)] = 60.0
 
+    # Webhooks (a job's ``callback_url``). The address policy is the one of URIs above.
+    callback_url_schemes: Annotated[list[str], NoDecode] = ["https"]
+    #: Run the outbox delivery loop in each worker process (Celery and embedded).
+    webhook_delivery: bool = True
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    #: Attempts before a delivery is given up (``failed``); retry n waits base * 2**(n-1), capped.
+    webhook_max_attempts: Annotated[int, Field(ge=1)] = 12
+    webhook_backoff_base_s: Annotated[float, Field(gt=0)] = 5.0
+    webhook_backoff_max_s: Annotated[float, Field(gt=0)] = 3600.0
+    webhook_poll_interval_s: Annotated[float, Field(gt=0)] = 2.0
+
     # Auth.
     #: Seconds a verified API key stays cached in the gateway process (revocation delay).
     auth_cache_ttl_s: Annotated[float, Field(ge=0)] = 5.0
@@ -102,7 +113,7 @@ class Settings(BaseSettings):
     sse_poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
     progress_min_interval_s: Annotated[float, Field(ge=0)] = 0.2
 
-    @field_validator("allowed_uri_schemes", mode="before")
+    @field_validator("allowed_uri_schemes", "callback_url_schemes", mode="before")
     @classmethod
     def _split_schemes(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -113,6 +124,14 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("callback_url_schemes")
+    @classmethod
+    def _callback_schemes(cls, value: list[str]) -> list[str]:
+        schemes = [s.lower() for s in value]
+        if not set(schemes) <= {"http", "https"}:
+            raise ValueError("callback URL schemes must be http and/or https")
+        return schemes
 
     @field_validator("allowed_uri_schemes")
     @classmethod

@@ -1,7 +1,8 @@
 """The Celery application (production mode): ``celery -A worker.celery_app worker``.
 
 Configured from ``PXP_*`` settings by :func:`worker.celery_config.make_celery`; each
-worker process also runs the reconciler thread (one of them acts per interval).
+worker process also runs the reconciler thread (one of them acts per interval) and the
+webhook delivery thread (:mod:`worker.webhooks`; rows are leased, so any number may run).
 """
 
 from __future__ import annotations
@@ -18,19 +19,23 @@ log = logging.getLogger("pxp.worker")
 
 app = make_celery(get_settings())
 _reconciler: Any = None
+_webhooks: Any = None
 
 
 @worker_ready.connect
 def _start_reconciler(**_kwargs: Any) -> None:
-    global _reconciler
-    from worker import reconciler
+    global _reconciler, _webhooks
+    from worker import reconciler, webhooks
     from worker.jobbody import WorkerContext
 
-    _reconciler = reconciler.start_thread(WorkerContext.from_settings(get_settings()))
-    log.info("reconciler started")
+    ctx = WorkerContext.from_settings(get_settings())
+    _reconciler = reconciler.start_thread(ctx)
+    _webhooks = webhooks.start_thread(ctx.session_factory, ctx.settings)
+    log.info("reconciler and webhook delivery started")
 
 
 @worker_shutdown.connect
 def _stop_reconciler(**_kwargs: Any) -> None:
-    if _reconciler is not None:
-        _reconciler[1].set()
+    for running in (_reconciler, _webhooks):
+        if running is not None:
+            running[1].set()

@@ -26,7 +26,7 @@ from service.api.schemas import JobCreate
 from service.db import repo
 from service.db.refs import DATASET_REF, MODEL_REF, dataset_ref, is_uri, model_ref, parse_ref
 from service.settings import Settings
-from service.storage.remote import check_uri
+from service.storage.remote import check_callback_url, check_uri
 from service.validation.architectures import check_architecture
 
 #: Mirrors ``pxp.data.digits.SOURCES`` (a test keeps them equal).
@@ -39,6 +39,7 @@ class ResolvedJob:
     model_id: str | None
     dataset_id: str | None
     request_hash: str
+    callback_url: str | None = None
 
 
 def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> ResolvedJob:
@@ -102,6 +103,11 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
             f"spec.data.source must be one of {sorted(BUNDLED_DATA)}, 'dataset:<id>' or a URI"
         )
 
+    if body.callback_url is not None:
+        check_callback_url(body.callback_url, settings)
+
     canonical = spec.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return ResolvedJob(canonical, model_id, dataset_id, digest)
+    # Without a callback the hash is the spec's alone (as before callbacks existed).
+    hashed: Any = canonical if body.callback_url is None else [canonical, body.callback_url]
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return ResolvedJob(canonical, model_id, dataset_id, digest, body.callback_url)

@@ -21,7 +21,7 @@ from service.api.errors import ApiError, not_found
 from service.api.job_requests import resolve
 from service.api.metrics import JOBS_CREATED
 from service.api.paging import page_cursor, page_limit
-from service.api.schemas import ERROR_RESPONSES, ArtifactOut, JobCreate, JobOut, Page
+from service.api.schemas import ERROR_RESPONSES, ArtifactOut, DeliveryOut, JobCreate, JobOut, Page
 from service.db import repo
 from service.db.async_reader import AsyncJobReader
 from service.db.models import TERMINAL_STATUSES, Job, JobStatus
@@ -74,6 +74,7 @@ def create_job(
             dataset_id=resolved.dataset_id,
             idempotency_key=idempotency_key,
             request_hash=resolved.request_hash,
+            callback_url=resolved.callback_url,
         )
         s.commit()
     except IntegrityError:
@@ -192,6 +193,15 @@ async def job_events(
             job = await run_in_threadpool(load)
 
     return EventSourceResponse(stream(), ping=15)
+
+
+@router.get("/{job_id}/deliveries", response_model=list[DeliveryOut], responses=ERROR_RESPONSES)
+def list_deliveries(
+    job_id: str, principal: Principal = Depends(authenticate), s: Session = Depends(deps.db)
+) -> list[DeliveryOut]:
+    """Webhook deliveries of the job's terminal states (its ``callback_url``), oldest first."""
+    job = _owned_job(s, principal, job_id)
+    return [DeliveryOut.of(d) for d in repo.list_deliveries(s, job.id)]
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=ERROR_RESPONSES)
