@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MiB = 1024 * 1024
 
 #: URI schemes the worker knows how to fetch. ``allowed_uri_schemes`` selects a subset.
-SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"http", "https"})
+SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"http", "https", "s3"})
 
 
 class Settings(BaseSettings):
@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # Remote inputs given as URIs instead of uploads.
     allowed_uri_schemes: Annotated[list[str], NoDecode] = ["https"]
     allow_private_addresses: bool = False
+    #: ``s3://bucket/key`` inputs, per tenant name: ``{"acme": ["acme-data/models/", "acme-raw"]}``
+    #: (a bare bucket allows all of it). Read with the service's S3 credentials; the artifact
+    #: bucket ``s3_bucket`` is never allowed. JSON in ``PXP_S3_INPUT_ALLOW``.
+    s3_input_allow: dict[str, list[str]] = Field(default_factory=dict)
     uri_timeout_s: Annotated[float, Field(gt=0)] = 60.0
 
     # Webhooks (a job's ``callback_url``). The address policy is the one of URIs above.

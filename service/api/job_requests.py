@@ -26,7 +26,8 @@ from service.api.schemas import JobCreate
 from service.db import repo
 from service.db.refs import DATASET_REF, MODEL_REF, dataset_ref, is_uri, model_ref, parse_ref
 from service.settings import Settings
-from service.storage.remote import check_callback_url, check_uri
+from service.storage.inputs import check_input_uri
+from service.storage.remote import check_callback_url
 from service.validation.architectures import check_architecture
 
 #: Mirrors ``pxp.data.digits.SOURCES`` (a test keeps them equal).
@@ -43,6 +44,7 @@ class ResolvedJob:
 
 
 def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> ResolvedJob:
+    tenant = repo.tenant_name(s, tenant_id) or ""
     raw = json.loads(json.dumps(body.spec))
     if not isinstance(raw.get("model", {}), dict) or not isinstance(raw.get("data", {}), dict):
         raise InvalidSpecError("spec.model and spec.data must be objects")
@@ -87,7 +89,7 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
                     f"model {model_id} is a {row.architecture}, not a {spec.model.architecture}"
                 )
         elif is_uri(weights):
-            check_uri(weights, settings)
+            check_input_uri(weights, tenant, settings)
         else:
             raise InvalidSpecError("spec.model.weights must be null, 'model:<id>' or a URI")
 
@@ -97,7 +99,7 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
         if repo.get_dataset(s, tenant_id, dataset_id) is None:
             raise not_found("dataset", dataset_id)
     elif is_uri(source):
-        check_uri(source, settings)
+        check_input_uri(source, tenant, settings)
     elif source not in BUNDLED_DATA:
         raise InvalidSpecError(
             f"spec.data.source must be one of {sorted(BUNDLED_DATA)}, 'dataset:<id>' or a URI"
