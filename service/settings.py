@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     #: (it resumes on the next start).
     embedded_stop_timeout_s: Annotated[float, Field(ge=0)] = 10.0
 
+    # Logs: JSON lines (request_id, job_id, tenant, stage; see pxp.jsonlog) or plain text.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
     # Gateway.
     page_size_default: Annotated[int, Field(ge=1)] = 20
     page_size_max: Annotated[int, Field(ge=1)] = 100

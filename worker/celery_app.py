@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 
+from pxp import jsonlog
 from service.settings import get_settings
 from worker.celery_config import make_celery
 
@@ -20,6 +21,13 @@ log = logging.getLogger("pxp.worker")
 app = make_celery(get_settings())
 _reconciler: Any = None
 _webhooks: Any = None
+
+
+@setup_logging.connect
+def _logging(loglevel: Any = None, **_kwargs: Any) -> None:
+    """JSON lines (``PXP_LOG_FORMAT``) instead of Celery's own logging set-up."""
+    settings = get_settings()
+    jsonlog.configure(settings.log_format, loglevel or settings.log_level)
 
 
 @worker_ready.connect

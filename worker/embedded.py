@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from pxp import jsonlog
 from service.db import repo
 from service.dispatch import EmbeddedDispatcher
 from service.settings import Settings
@@ -36,9 +37,9 @@ def run_loop(
 
     ``pipeline`` (a module-level function, pickled by reference into the spawned process)
     replaces ``pxp.pipeline.run``; ``None`` runs the real one."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _die_with_parent()
     settings = Settings.model_validate(settings_data)
+    jsonlog.configure(settings.log_format, settings.log_level)
+    _die_with_parent()
     if settings.embedded_worker_nice:
         # The gateway shares this machine: jobs yield the CPU to status polls.
         os.nice(settings.embedded_worker_nice)

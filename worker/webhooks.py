@@ -36,6 +36,7 @@ from datetime import timedelta
 
 import httpx
 
+from pxp import jsonlog
 from pxp.errors import PxpError
 from service.db import repo
 from service.db.session import SessionFactory, make_session_factory
@@ -155,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Deliver pending pxp webhooks (PXP_DATABASE_URL).")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
     settings = get_settings()
+    jsonlog.configure(settings.log_format, settings.log_level)
     factory = make_session_factory(settings)
     log.info("webhook delivery loop started (pid %s)", os.getpid())
     if args.once:

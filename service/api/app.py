@@ -20,6 +20,7 @@ from service.api.auth import KeyCache, authenticate
 from service.api.errors import ApiError
 from service.api.limits import MULTIPART_OVERHEAD, BodySizeLimitMiddleware
 from service.api.metrics import MetricsMiddleware, track_jobs
+from service.api.request_context import RequestContextMiddleware
 from service.api.routes import datasets, health, jobs, models
 from service.db.async_reader import AsyncJobReader
 from service.db.session import SessionFactory, make_session_factory
@@ -118,4 +119,7 @@ def create_app(
     app.add_middleware(UploadAuthMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_limits(settings))
     app.add_middleware(MetricsMiddleware)
+    # Outermost: every response (errors from the limits and auth above included) carries
+    # X-Request-ID, and every log line of the request its id.
+    app.add_middleware(RequestContextMiddleware)
     return app

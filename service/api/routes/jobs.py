@@ -44,6 +44,7 @@ def _owned_job(s: Session, principal: Principal, job_id: str) -> Job:
 @router.post("", status_code=202, response_model=JobOut, responses=ERROR_RESPONSES)
 def create_job(
     body: JobCreate,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -75,6 +76,7 @@ def create_job(
             idempotency_key=idempotency_key,
             request_hash=resolved.request_hash,
             callback_url=resolved.callback_url,
+            request_id=getattr(request.state, "request_id", None),
         )
         s.commit()
     except IntegrityError:
@@ -84,6 +86,7 @@ def create_job(
             raise
         return _replay(existing, body, s, principal, settings, response)
     JOBS_CREATED.inc()
+    log.info("job created", extra={"job_id": job.id})
     try:
         dispatcher.enqueue(job.id)
     except Exception:
