@@ -22,6 +22,7 @@ from service.api.limits import MULTIPART_OVERHEAD, BodySizeLimitMiddleware
 from service.api.metrics import MetricsMiddleware, track_jobs
 from service.api.request_context import RequestContextMiddleware
 from service.api.routes import datasets, health, jobs, models
+from service.api.ui import mount_ui
 from service.db.async_reader import AsyncJobReader
 from service.db.session import SessionFactory, make_session_factory
 from service.dispatch import Dispatcher, make_dispatcher
@@ -115,6 +116,7 @@ def create_app(
     errors.install(app)
     for router in (health.router, models.router, datasets.router, jobs.router):
         app.include_router(router)
+    mount_ui(app)
     # Added last = outermost: metrics see every response, limits run before auth parsing.
     app.add_middleware(UploadAuthMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_limits(settings))
