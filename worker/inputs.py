@@ -101,7 +101,8 @@ def _input_file(
 
 
 def materialise(s: Session, job: Job, storage: Storage, settings: Settings, inputs: Path) -> JobSpec:
-    """The job's spec with local paths for its model and data, and the study named after the job."""
+    """The job's spec with local paths for its model and data, and the study named after the
+    job, with its job id and tenant as the study's user attributes."""
     inputs.mkdir(parents=True, exist_ok=True)
     spec = JobSpec.model_validate(job.spec)
     if spec.model.weights is not None:
@@ -113,4 +114,10 @@ def materialise(s: Session, job: Job, storage: Storage, settings: Settings, inpu
         spec.search.storage = None
         # One study per job, never a user-chosen name: studies of other tenants share the storage.
         spec.search.study_name = f"pxp-job-{job.id}"
+        # Whose it is, for optuna-dashboard and other tools reading the storage.
+        spec.search.study_user_attrs = {
+            "job_id": job.id,
+            "tenant": repo.tenant_name(s, job.tenant_id) or "",
+            "tenant_id": job.tenant_id,
+        }
     return spec

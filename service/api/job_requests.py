@@ -76,6 +76,8 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
     check_architecture(spec.model.architecture)
     if spec.search is not None and spec.search.storage is not None:
         raise InvalidSpecError("spec.search.storage is chosen by the service; leave it out")
+    if spec.search is not None and spec.search.study_user_attrs:
+        raise InvalidSpecError("spec.search.study_user_attrs are set by the service; leave them out")
 
     weights = spec.model.weights
     if weights is not None:
