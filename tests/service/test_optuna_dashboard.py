@@ -91,3 +91,11 @@ def test_optuna_dashboard_lists_the_service_studies(prod_settings, tmp_path):
         proc.stop()
         if proc.proc.returncode not in (0, -15, None):
             print(proc.tail(), file=sys.stderr)
+
+
+def test_pxp_service_prints_the_optuna_url(monkeypatch, capsys, prod_settings):
+    from service.cli import main
+
+    monkeypatch.setenv("PXP_DATABASE_URL", prod_settings.db_url)
+    assert main(["optuna-url"]) == 0
+    assert capsys.readouterr().out.strip() == prod_settings.optuna_url

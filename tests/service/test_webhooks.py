@@ -195,3 +195,25 @@ def test_a_delivery_survives_a_restart(fresh_db, receiver, tmp_path):
     assert json.loads(final.body)["error"]["type"] == "X"
     assert delivery().attempts == tried + 1
     engine.dispose()
+
+
+def test_the_documented_verification_snippet_accepts_our_signature():
+    import re
+    import time
+
+    from worker.webhooks import sign
+
+    doc = (ROOT / "docs" / "integrations.md").read_text()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "verify_pxp_webhook" in b)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    verify_doc = namespace["verify_pxp_webhook"]
+    body, stamp = b'{"id":"j","status":"succeeded"}', str(int(time.time()))
+    headers = {"X-Pxp-Timestamp": stamp, "X-Pxp-Signature": sign("whsec_s", stamp, body)}
+    assert verify_doc("whsec_s", headers, body)
+    assert not verify_doc("whsec_other", headers, body)
+    assert not verify_doc("whsec_s", headers, body + b" ")
+    old = str(int(time.time()) - 3600)
+    assert not verify_doc(
+        "whsec_s", {"X-Pxp-Timestamp": old, "X-Pxp-Signature": sign("whsec_s", old, body)}, body
+    )
