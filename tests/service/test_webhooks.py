@@ -217,3 +217,58 @@ def test_the_documented_verification_snippet_accepts_our_signature():
     assert not verify_doc(
         "whsec_s", {"X-Pxp-Timestamp": old, "X-Pxp-Signature": sign("whsec_s", old, body)}, body
     )
+
+
+def test_embedded_mode_delivers_from_sqlite(tmp_path, receiver):
+    """The same outbox and loop on the embedded stack (SQLite: no row locks, one writer)."""
+    from service.db.session import make_session_factory
+    from service.settings import Settings
+    from worker.webhooks import deliver_due
+
+    settings = Settings(
+        data_dir=tmp_path, callback_url_schemes=["http"], allow_private_addresses=True, webhook_timeout_s=2
+    )
+    upgrade(settings.db_url)
+    factory = make_session_factory(settings)
+    with factory() as s:
+        key, _ = repo.create_api_key(s, "embedded")
+        job = repo.create_job(
+            s,
+            key.tenant_id,
+            SPEC,
+            model_id=None,
+            dataset_id=None,
+            idempotency_key=None,
+            request_hash=None,
+            callback_url=receiver.url,
+        )
+        s.commit()
+        repo.request_cancel(s, job)
+        s.commit()
+        secret = repo.webhook_secret(s, "embedded")
+    report = deliver_due(factory, settings)
+    assert len(report.delivered) == 1 and report.retried == []
+    assert (
+        verify(secret, receiver.requests[0])
+        and json.loads(receiver.requests[0].body)["status"] == "cancelled"
+    )
+    assert deliver_due(factory, settings).delivered == []  # sent once
+
+
+def test_migration_gives_existing_tenants_a_secret(tmp_path):
+    from sqlalchemy import text
+
+    from service.db.migrate import downgrade
+
+    url = f"sqlite:///{tmp_path}/m.db"
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'old', '2026-01-01')"))
+    upgrade(url)
+    with engine.connect() as conn:
+        secret = conn.execute(text("SELECT webhook_secret FROM tenants WHERE id = 't1'")).scalar()
+    assert secret and secret.startswith("whsec_")
+    downgrade(url, "0001")
+    upgrade(url)
+    engine.dispose()
