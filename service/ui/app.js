@@ -196,13 +196,27 @@ async function drawHistory(job, result, artifacts) {
   note.textContent = `${data.trials_completed ?? done.length} complete, ${data.trials_pruned ?? 0} pruned; study ${data.study_name || ""}`;
 }
 
+// The latency sub-dict's layout is the pipeline's; accept an explicit speed-up, or a time of
+// the original and of the compressed model (flat numbers, or objects holding a median/mean/ms).
+function timeOf(value) {
+  if (typeof value === "number") return value;
+  if (value && typeof value === "object") {
+    const key = Object.keys(value).find((k) => /median|mean|ms|seconds|_s$/.test(k) && typeof value[k] === "number");
+    return key ? value[key] : null;
+  }
+  return null;
+}
+
 function speedup(latency) {
   if (!latency) return null;
-  for (const k of ["speedup", "speed_up", "speedup_x"]) if (typeof latency[k] === "number") return latency[k];
-  const pick = (names) => names.map((n) => latency[n]).find((v) => typeof v === "number");
-  const before = pick(["original_ms", "before_ms", "unpruned_ms", "original", "before"]);
-  const after = pick(["compressed_ms", "after_ms", "pruned_ms", "compressed", "after"]);
-  return before && after ? before / after : null;
+  const keys = Object.keys(latency);
+  const explicit = keys.find((k) => /speed_?up/i.test(k) && typeof latency[k] === "number");
+  if (explicit) return latency[explicit];
+  const find = (re, not) => keys.find((k) => re.test(k) && !(not && not.test(k)) && timeOf(latency[k]) != null);
+  const before = find(/original|before|unpruned|dense|baseline/i);
+  const after = find(/compressed|after|pruned/i, /unpruned/i);
+  const b = before && timeOf(latency[before]), a = after && timeOf(latency[after]);
+  return b && a ? b / a : null;
 }
 
 function renderCompression(result, artifacts) {
@@ -219,7 +233,8 @@ function renderCompression(result, artifacts) {
   ];
   const s = speedup(c.latency);
   if (c.latency) {
-    const parts = Object.entries(c.latency).filter(([, v]) => typeof v !== "object").map(([k, v]) => `${k}: ${typeof v === "number" ? +v.toFixed(3) : v}`);
+    const show = (v) => (typeof v === "number" ? +v.toFixed(3) : typeof v === "object" ? JSON.stringify(v) : v);
+    const parts = Object.entries(c.latency).map(([k, v]) => `${k}: ${show(v)}`);
     rows.push(["measured speed-up", s ? s.toFixed(2) + "×" : "–"]);
     rows.push(["latency", parts.join(", ")]);
   }
