@@ -194,8 +194,12 @@ class PxpClient:
         model_id: str | None = None,
         dataset_id: str | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Create a job; returns the queued job (``{id, status, ...}``, HTTP 202).
+
+        ``callback_url`` receives the job's final JSON on its terminal state, signed with the
+        tenant's webhook secret (see docs/integrations.md).
 
         ``spec`` is a :class:`pxp.spec.JobSpec` or its dict; ``model_id``/``dataset_id``
         reference uploaded resources (or set ``spec.model.checkpoint``/``spec.data.source``
@@ -212,8 +216,15 @@ class PxpClient:
         else:
             spec_dict = dict(spec)
         body = {"spec": spec_dict, "model_id": model_id, "dataset_id": dataset_id}
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return self._request("POST", "/v1/jobs", retries=3, json=body, headers=headers)
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's webhook deliveries (status, attempts, last HTTP status), oldest first."""
+        out: list[dict[str, Any]] = self._request("GET", f"/v1/jobs/{job_id}/deliveries", retries=3)
+        return out
 
     def job(self, job_id: str) -> Job:
         """The job's current state: status, stage, progress, metrics, error; 404 if unknown."""

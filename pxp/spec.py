@@ -225,6 +225,9 @@ class SearchSpec(_Strict):
     plateau_trials: int | None = Field(15, ge=1)
     storage: str | None = None
     study_name: str | None = None
+    #: Set as the Optuna study's user attributes (the service sets ``job_id``, ``tenant`` and
+    #: ``tenant_id``, so a study opened in optuna-dashboard says whose job it belongs to).
+    study_user_attrs: dict[str, str] = Field(default_factory=dict)
     seed: int = _seed()
     search_aggregation: bool = True
     search_normalization: bool = True

@@ -1,7 +1,8 @@
 """Admin operations on API keys, run against the database directly (no HTTP).
 
 ``python -m service.admin create --tenant acme [--name ci]`` prints the new key once;
-``revoke <key id>``; ``list [--tenant acme]``. ``pxp-service keys`` (:mod:`service.cli`) is this ``main``.
+``revoke <key id>``; ``list [--tenant acme]``; ``webhook-secret --tenant acme [--rotate]``
+prints (or replaces, then prints) the tenant's webhook signing secret. ``pxp-service keys`` (:mod:`service.cli`) is this ``main``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ def revoke_key(key_id: str, *, settings: Settings | None = None) -> bool:
         return done
 
 
+def webhook_secret(tenant: str, *, rotate: bool = False, settings: Settings | None = None) -> str | None:
+    """The tenant's webhook signing secret; a fresh one with ``rotate`` (deliveries signed
+    from then on use it, retries included). None for an unknown tenant."""
+    with _session(settings) as s:
+        secret = repo.webhook_secret(s, tenant.strip(), rotate=rotate)
+        s.commit()
+        return secret
+
+
 def list_keys(tenant: str | None = None, *, settings: Settings | None = None) -> list[KeyInfo]:
     with _session(settings) as s:
         return [
@@ -92,7 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id")
     listing = sub.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--tenant", default=None)
+    secret = sub.add_parser("webhook-secret", help="print (or --rotate) a tenant's webhook signing secret")
+    secret.add_argument("--tenant", required=True)
+    secret.add_argument("--rotate", action="store_true", help="replace it first")
     args = parser.parse_args(argv)
+    if args.cmd == "webhook-secret":
+        value = webhook_secret(args.tenant, rotate=args.rotate)
+        if value is None:
+            print(f"no tenant {args.tenant}", file=sys.stderr)
+            return 1
+        print(json.dumps({"tenant": args.tenant, "webhook_secret": value}))
+        return 0
     if args.cmd == "create":
         created = create_key(args.tenant, args.name)
         print(json.dumps(asdict(created)))

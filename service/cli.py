@@ -2,7 +2,8 @@
 
 * ``pxp-service serve [--host --port --data-dir --workers --log-level]``: the gateway,
   plus embedded workers when nothing is configured (:mod:`service.embedded`);
-* ``pxp-service keys create|revoke|list``: API keys, straight against the database
+* ``pxp-service optuna-url``: the Optuna storage URL, for ``optuna-dashboard "$(pxp-service optuna-url)"``;
+* ``pxp-service keys create|revoke|list|webhook-secret``: API keys and webhook secrets, straight against the database
   (:mod:`service.admin`).
 
 The torch-free ``pxp`` command keeps the client commands (``submit``, ``status``,
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: pxp-service {serve,keys} ...
+USAGE = """usage: pxp-service {serve,keys,optuna-url} ...
 
   serve   run the gateway (+ an embedded worker when nothing is configured)
-  keys    create / revoke / list API keys (admin)
+  optuna-url  print the Optuna storage URL of the service's studies (for optuna-dashboard)
+  keys    create / revoke / list API keys, show or rotate webhook secrets (admin)
 """
 
 
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         from service import admin
 
         return admin.main(rest)
+    if command == "optuna-url":
+        from service.settings import Settings
+
+        print(Settings().optuna_url)
+        return 0
     if command in ("-h", "--help"):
         print(USAGE, end="")
         return 0

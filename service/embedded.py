@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pxp import jsonlog
 from service.db import repo
 from service.db.session import make_engine, make_session_factory
 from service.settings import Settings
@@ -101,12 +102,14 @@ def serve(
             file=sys.stderr,
         )
     del key
+    jsonlog.configure(settings.log_format, log_level)
     app = create_app(settings, dispatcher=dispatcher)
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turn that into an
     # exception so the worker is stopped below instead of being orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        # Our JSON handler on the root logger formats uvicorn's lines too.
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None)
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:

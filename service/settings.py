@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MiB = 1024 * 1024
 
 #: URI schemes the worker knows how to fetch. ``allowed_uri_schemes`` selects a subset.
-SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"http", "https"})
+SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"http", "https", "s3"})
 
 
 class Settings(BaseSettings):
@@ -67,7 +67,22 @@ class Settings(BaseSettings):
     # Remote inputs given as URIs instead of uploads.
     allowed_uri_schemes: Annotated[list[str], NoDecode] = ["https"]
     allow_private_addresses: bool = False
+    #: ``s3://bucket/key`` inputs, per tenant name: ``{"acme": ["acme-data/models/", "acme-raw"]}``
+    #: (a bare bucket allows all of it). Read with the service's S3 credentials; the artifact
+    #: bucket ``s3_bucket`` is never allowed. JSON in ``PXP_S3_INPUT_ALLOW``.
+    s3_input_allow: dict[str, list[str]] = Field(default_factory=dict)
     uri_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+    # Webhooks (a job's ``callback_url``). The address policy is the one of URIs above.
+    callback_url_schemes: Annotated[list[str], NoDecode] = ["https"]
+    #: Run the outbox delivery loop in each worker process (Celery and embedded).
+    webhook_delivery: bool = True
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    #: Attempts before a delivery is given up (``failed``); retry n waits base * 2**(n-1), capped.
+    webhook_max_attempts: Annotated[int, Field(ge=1)] = 12
+    webhook_backoff_base_s: Annotated[float, Field(gt=0)] = 5.0
+    webhook_backoff_max_s: Annotated[float, Field(gt=0)] = 3600.0
+    webhook_poll_interval_s: Annotated[float, Field(gt=0)] = 2.0
 
     # Auth.
     #: Seconds a verified API key stays cached in the gateway process (revocation delay).
@@ -101,6 +116,10 @@ class Settings(BaseSettings):
     #: (it resumes on the next start).
     embedded_stop_timeout_s: Annotated[float, Field(ge=0)] = 10.0
 
+    # Logs: JSON lines (request_id, job_id, tenant, stage; see pxp.jsonlog) or plain text.
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
     # Gateway.
     page_size_default: Annotated[int, Field(ge=1)] = 20
     page_size_max: Annotated[int, Field(ge=1)] = 100
@@ -109,7 +128,7 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     progress_min_interval_s: Annotated[float, Field(ge=0)] = 0.2
 
-    @field_validator("allowed_uri_schemes", mode="before")
+    @field_validator("allowed_uri_schemes", "callback_url_schemes", mode="before")
     @classmethod
     def _split_schemes(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -120,6 +139,14 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("callback_url_schemes")
+    @classmethod
+    def _callback_schemes(cls, value: list[str]) -> list[str]:
+        schemes = [s.lower() for s in value]
+        if not set(schemes) <= {"http", "https"}:
+            raise ValueError("callback URL schemes must be http and/or https")
+        return schemes
 
     @field_validator("allowed_uri_schemes")
     @classmethod

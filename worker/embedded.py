@@ -19,11 +19,13 @@ import sys
 import time
 from typing import Any
 
+from pxp import jsonlog
 from service.db import repo
 from service.dispatch import EmbeddedDispatcher
 from service.settings import Settings
 from worker.jobbody import Pipeline, WorkerContext, execute_job, worker_id
 from worker.reconciler import reconcile_once
+from worker.webhooks import start_thread as start_webhooks
 
 log = logging.getLogger("pxp.worker")
 
@@ -35,13 +37,14 @@ def run_loop(
 
     ``pipeline`` (a module-level function, pickled by reference into the spawned process)
     replaces ``pxp.pipeline.run``; ``None`` runs the real one."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    _die_with_parent()
     settings = Settings.model_validate(settings_data)
+    jsonlog.configure(settings.log_format, settings.log_level)
+    _die_with_parent()
     if settings.embedded_worker_nice:
         # The gateway shares this machine: jobs yield the CPU to status polls.
         os.nice(settings.embedded_worker_nice)
     ctx = WorkerContext.from_settings(settings, dispatcher=EmbeddedDispatcher())
+    webhooks = start_webhooks(ctx.session_factory, settings)
     last_reconcile = 0.0
     while not stop.is_set():
         now = time.monotonic()
@@ -60,6 +63,8 @@ def run_loop(
             execute_job(job_id, ctx, worker=worker_id("embedded"), pipeline=pipeline)
         except Exception:
             log.exception("embedded worker: job %s crashed the job body", job_id)
+    if webhooks is not None:
+        webhooks[1].set()
 
 
 def _die_with_parent() -> None:

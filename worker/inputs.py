@@ -2,7 +2,8 @@
 
 The gateway stored references (``model:<id>``, ``dataset:<id>`` or an allowed URI); here
 they become local paths, as ``pxp.pipeline.run`` expects. Objects are re-checked
-against the job's tenant, and URIs against the URI policy at fetch time. Files already
+against the job's tenant, and URIs (``http(s)``, and ``s3://`` against the tenant's
+allow-list) against the URI policy at fetch time. Files already
 present with the right sha256 (a resumed job) are not downloaded again.
 """
 
@@ -22,7 +23,7 @@ from service.db.models import DatasetObject, Job, ModelObject
 from service.db.refs import DATASET_REF, MODEL_REF, is_uri, parse_ref
 from service.settings import Settings
 from service.storage import Storage
-from service.storage.remote import fetch_uri
+from service.storage.inputs import fetch_input_uri
 
 _SUFFIX = {
     "safetensors": ".safetensors",
@@ -45,13 +46,13 @@ def _fetch_stored(storage: Storage, key: str, sha: str | None, dest: Path) -> Pa
 
 
 def _fetch_remote(
-    uri: str, dest: Path, settings: Settings, max_bytes: int, error_cls: type[UserError]
+    uri: str, dest: Path, settings: Settings, tenant: str, max_bytes: int, error_cls: type[UserError]
 ) -> Path:
     if dest.is_file():
         return dest
     tmp = dest.with_name(dest.name + ".part")
     try:
-        fetch_uri(uri, tmp, settings, max_bytes=max_bytes, error_cls=error_cls)
+        fetch_input_uri(uri, tmp, settings, tenant, max_bytes=max_bytes, error_cls=error_cls)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -85,9 +86,10 @@ def _input_file(
     """A local copy of ``ref``: a stored object of the job's tenant (``model:<id>`` /
     ``dataset:<id>``) or a URI, checked against the URI policy now."""
     max_bytes = kind.max_bytes(settings)
+    tenant = repo.tenant_name(s, job.tenant_id) or ""
     object_id = parse_ref(ref, kind.prefix)
     if object_id is None:
-        return _fetch_remote(ref, inputs / f"{kind.stem}.bin", settings, max_bytes, kind.error_cls)
+        return _fetch_remote(ref, inputs / f"{kind.stem}.bin", settings, tenant, max_bytes, kind.error_cls)
     row = kind.lookup(s, job.tenant_id, object_id)
     if row is None:
         raise InvalidSpecError(f"{kind.noun} {ref} not found")
@@ -95,11 +97,12 @@ def _input_file(
     if row.storage_key:
         return _fetch_stored(storage, row.storage_key, row.sha256, dest)
     assert row.uri is not None
-    return _fetch_remote(row.uri, dest, settings, max_bytes, kind.error_cls)
+    return _fetch_remote(row.uri, dest, settings, tenant, max_bytes, kind.error_cls)
 
 
 def materialise(s: Session, job: Job, storage: Storage, settings: Settings, inputs: Path) -> JobSpec:
-    """The job's spec with local paths for its model and data, and the study named after the job."""
+    """The job's spec with local paths for its model and data, and the study named after the
+    job, with its job id and tenant as the study's user attributes."""
     inputs.mkdir(parents=True, exist_ok=True)
     spec = JobSpec.model_validate(job.spec)
     if spec.model.weights is not None:
@@ -111,4 +114,10 @@ def materialise(s: Session, job: Job, storage: Storage, settings: Settings, inpu
         spec.search.storage = None
         # One study per job, never a user-chosen name: studies of other tenants share the storage.
         spec.search.study_name = f"pxp-job-{job.id}"
+        # Whose it is, for optuna-dashboard and other tools reading the storage.
+        spec.search.study_user_attrs = {
+            "job_id": job.id,
+            "tenant": repo.tenant_name(s, job.tenant_id) or "",
+            "tenant_id": job.tenant_id,
+        }
     return spec

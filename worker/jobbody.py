@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pxp import jsonlog
 from pxp.errors import JobCancelledError, UserError
 from pxp.hashing import sha256_file
 from pxp.spec import JobResult
@@ -184,8 +185,19 @@ def execute_job(
 ) -> str | None:
     """Run one job to a terminal state; return it, or ``None`` if the job was not ours to run.
 
-    ``pipeline`` replaces :func:`default_pipeline` for this job (the test seam).
+    ``pipeline`` replaces :func:`default_pipeline` for this job (the test seam). Every log
+    line meanwhile carries the job id, its tenant, the id of the request that created it
+    and the current stage (:mod:`pxp.jsonlog`).
     """
+    with jsonlog.bind(job_id=job_id, tenant=None, request_id=None, stage=None):
+        status = _execute_job(job_id, ctx, worker=worker, pipeline=pipeline)
+        log.info("job %s: %s", job_id, status or "not run here", extra={"status": status})
+        return status
+
+
+def _execute_job(
+    job_id: str, ctx: WorkerContext, *, worker: str | None = None, pipeline: Pipeline | None = None
+) -> str | None:
     settings = ctx.settings
     worker = worker or worker_id()
     stale_before = utcnow() - timedelta(seconds=settings.heartbeat_stale_s)
@@ -202,6 +214,11 @@ def execute_job(
             return JobStatus.CANCELLED
         log.info("job %s not claimable (finished, cancelled or owned elsewhere)", job_id)
         return None
+    with ctx.session_factory() as s:
+        claimed_job = repo.load_job(s, job_id)
+        if claimed_job is not None:
+            jsonlog.set_context(tenant=claimed_job.tenant_id, request_id=claimed_job.request_id)
+            log.info("job %s claimed by %s (attempt %s)", job_id, worker, claimed_job.attempts)
 
     reporter = JobReporter(
         ctx.session_factory,

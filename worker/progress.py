@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from pxp import jsonlog
 from pxp.errors import JobCancelledError
 from pxp.spec import ProgressEvent
 from service.db import repo
@@ -57,6 +58,9 @@ class JobReporter:
         self.check()
 
     def report(self, stage: str, fraction: float, message: str = "", trial: int | None = None) -> None:
+        if self._last_key is None or self._last_key[0] != stage:
+            jsonlog.set_context(stage=stage)
+            log.info("stage %s (%.0f%%)", stage, 100 * fraction, extra={"progress": fraction})
         with self.factory() as s:
             owned, cancel = repo.update_progress(
                 s, self.job_id, self.worker, stage=stage, fraction=fraction, message=message, trial=trial

@@ -164,6 +164,7 @@ def open_study(
     """Create or load the study; returns it and the numbers of interrupted trials queued again.
 
     ``enqueue`` (params, role) pairs are queued, in order, only when the study is new.
+    ``spec.study_user_attrs`` are (re)set on the study every time it is opened.
     """
     storage = open_storage(url)
     study = optuna.create_study(
@@ -185,6 +186,9 @@ def open_study(
             f"study {name!r} in {redact_url(url)} was created for a different search (model, data, layers, "
             "rates or search space changed); use another study name or storage"
         )
+    for key, value in spec.study_user_attrs.items():
+        if key != FINGERPRINT_ATTR and study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
     if stored is None:
         study.set_user_attr(FINGERPRINT_ATTR, expected_fingerprint)
         for params, role in enqueue:

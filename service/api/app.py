@@ -21,7 +21,9 @@ from service.api.edge import StrictInputMiddleware, UnexpectedErrorMiddleware
 from service.api.errors import ApiError
 from service.api.limits import MULTIPART_OVERHEAD, BodySizeLimitMiddleware
 from service.api.metrics import MetricsMiddleware, track_jobs
+from service.api.request_context import RequestContextMiddleware
 from service.api.routes import datasets, health, jobs, models
+from service.api.ui import mount_ui
 from service.db.async_reader import AsyncJobReader
 from service.db.session import SessionFactory, make_session_factory
 from service.dispatch import Dispatcher, make_dispatcher
@@ -116,6 +118,7 @@ def create_app(
     openapi.install(app)
     for router in (health.router, models.router, datasets.router, jobs.router):
         app.include_router(router)
+    mount_ui(app)
     # Added last = outermost: metrics see every response, limits run before auth parsing,
     # unstorable text is refused before any route, an unhandled error still answers a 500.
     app.add_middleware(StrictInputMiddleware)
@@ -123,4 +126,7 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, limit_for=_limits(settings))
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware)
+    # Outermost: every response (errors from the limits and auth above included) carries
+    # X-Request-ID, and every log line of the request its id.
+    app.add_middleware(RequestContextMiddleware)
     return app

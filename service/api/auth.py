@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from pxp import jsonlog
 from service import keys
 from service.api.errors import ApiError
 from service.db import repo
@@ -90,4 +91,7 @@ async def authenticate(request: Request) -> Principal:
     secret_hash, principal = found
     if not keys.matches(parsed.secret, secret_hash):
         raise ApiError(401, "unauthorized", "invalid or revoked API key", _UNAUTHORIZED)
+    # Log lines of the rest of the request (and its access line) name the tenant.
+    request.state.tenant_id = principal.tenant_id
+    jsonlog.set_context(tenant=principal.tenant_id)
     return principal

@@ -26,7 +26,8 @@ from service.api.schemas import JobCreate
 from service.db import repo
 from service.db.refs import DATASET_REF, MODEL_REF, dataset_ref, is_uri, model_ref, parse_ref
 from service.settings import Settings
-from service.storage.remote import check_uri
+from service.storage.inputs import check_input_uri
+from service.storage.remote import check_callback_url
 from service.validation.architectures import check_architecture
 
 #: Mirrors ``pxp.data.digits.SOURCES`` (a test keeps them equal).
@@ -39,9 +40,11 @@ class ResolvedJob:
     model_id: str | None
     dataset_id: str | None
     request_hash: str
+    callback_url: str | None = None
 
 
 def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> ResolvedJob:
+    tenant = repo.tenant_name(s, tenant_id) or ""
     raw = json.loads(json.dumps(body.spec))
     if not isinstance(raw.get("model", {}), dict) or not isinstance(raw.get("data", {}), dict):
         raise InvalidSpecError("spec.model and spec.data must be objects")
@@ -73,6 +76,8 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
     check_architecture(spec.model.architecture)
     if spec.search is not None and spec.search.storage is not None:
         raise InvalidSpecError("spec.search.storage is chosen by the service; leave it out")
+    if spec.search is not None and spec.search.study_user_attrs:
+        raise InvalidSpecError("spec.search.study_user_attrs are set by the service; leave them out")
 
     weights = spec.model.weights
     if weights is not None:
@@ -86,7 +91,7 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
                     f"model {model_id} is a {row.architecture}, not a {spec.model.architecture}"
                 )
         elif is_uri(weights):
-            check_uri(weights, settings)
+            check_input_uri(weights, tenant, settings)
         else:
             raise InvalidSpecError("spec.model.weights must be null, 'model:<id>' or a URI")
 
@@ -96,12 +101,17 @@ def resolve(s: Session, tenant_id: str, body: JobCreate, settings: Settings) -> 
         if repo.get_dataset(s, tenant_id, dataset_id) is None:
             raise not_found("dataset", dataset_id)
     elif is_uri(source):
-        check_uri(source, settings)
+        check_input_uri(source, tenant, settings)
     elif source not in BUNDLED_DATA:
         raise InvalidSpecError(
             f"spec.data.source must be one of {sorted(BUNDLED_DATA)}, 'dataset:<id>' or a URI"
         )
 
+    if body.callback_url is not None:
+        check_callback_url(body.callback_url, settings)
+
     canonical = spec.model_dump(mode="json")
-    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return ResolvedJob(canonical, model_id, dataset_id, digest)
+    # Without a callback the hash is the spec's alone (as before callbacks existed).
+    hashed: Any = canonical if body.callback_url is None else [canonical, body.callback_url]
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return ResolvedJob(canonical, model_id, dataset_id, digest, body.callback_url)

@@ -7,7 +7,16 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from service.db.models import Artifact, DatasetObject, ErrorKind, Job, JobStatus, ModelObject
+from service.db.models import (
+    Artifact,
+    DatasetObject,
+    DeliveryStatus,
+    ErrorKind,
+    Job,
+    JobStatus,
+    ModelObject,
+    WebhookDelivery,
+)
 
 
 class ErrorOut(BaseModel):
@@ -87,6 +96,12 @@ class JobCreate(BaseModel):
     )
     model_id: str | None = None
     dataset_id: str | None = None
+    callback_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="POSTed the job's final JSON on every terminal state, signed with the tenant's "
+        "webhook secret (X-Pxp-Signature, X-Pxp-Timestamp); see docs/integrations.md.",
+    )
 
 
 class JobError(BaseModel):
@@ -112,6 +127,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    callback_url: str | None = None
+    request_id: str | None = None
     spec: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
 
@@ -134,6 +151,8 @@ class JobOut(BaseModel):
             started_at=row.started_at,
             finished_at=row.finished_at,
             updated_at=row.updated_at,
+            callback_url=row.callback_url,
+            request_id=row.request_id,
             spec=row.spec if full else None,
             result=row.result if full else None,
         )
@@ -166,6 +185,36 @@ class ArtifactOut(BaseModel):
             size_bytes=row.size_bytes,
             content_type=row.content_type,
             url=f"/v1/jobs/{row.job_id}/artifacts/{row.name}",
+        )
+
+
+class DeliveryOut(BaseModel):
+    """One webhook delivery of a job (an outbox row) and how its attempts went."""
+
+    id: str
+    event: str
+    url: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, row: WebhookDelivery) -> DeliveryOut:
+        return cls(
+            id=row.id,
+            event=row.event,
+            url=row.url,
+            status=DeliveryStatus(row.status),
+            attempts=row.attempts,
+            last_status_code=row.last_status_code,
+            last_error=row.last_error,
+            next_attempt_at=row.next_attempt_at if row.status == DeliveryStatus.PENDING else None,
+            created_at=row.created_at,
+            delivered_at=row.delivered_at,
         )
 
 

@@ -19,15 +19,19 @@ from sqlalchemy import delete, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from service import keys
+from service.db.documents import job_json
 from service.db.models import (
     TERMINAL_STATUSES,
     ApiKey,
     Artifact,
     DatasetObject,
+    DeliveryStatus,
     Job,
     JobStatus,
     ModelObject,
     Tenant,
+    WebhookDelivery,
+    new_webhook_secret,
 )
 from service.db.types import utcnow
 
@@ -79,6 +83,17 @@ def list_api_keys(s: Session, tenant_name: str | None = None) -> list[tuple[ApiK
     if tenant_name is not None:
         query = query.where(Tenant.name == tenant_name)
     return [(k, t) for k, t in s.execute(query).all()]
+
+
+def webhook_secret(s: Session, tenant_name: str, *, rotate: bool = False) -> str | None:
+    """The tenant's webhook signing secret (a new one with ``rotate``); None for an unknown tenant."""
+    tenant = s.scalar(select(Tenant).where(Tenant.name == tenant_name))
+    if tenant is None:
+        return None
+    if rotate:
+        tenant.webhook_secret = new_webhook_secret()
+        s.flush()
+    return tenant.webhook_secret
 
 
 def tenant_name(s: Session, tenant_id: str) -> str | None:
@@ -173,8 +188,12 @@ def create_job(
     dataset_id: str | None,
     idempotency_key: str | None,
     request_hash: str | None,
+    callback_url: str | None = None,
+    request_id: str | None = None,
 ) -> Job:
     job = Job(
+        callback_url=callback_url,
+        request_id=request_id,
         tenant_id=tenant_id,
         spec=spec,
         model_id=model_id,
@@ -235,6 +254,8 @@ def request_cancel(s: Session, job: Job) -> Job:
         s.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True, updated_at=now))
     s.flush()
     s.refresh(job)
+    if job.status == JobStatus.CANCELLED:
+        _queue_webhook(s, job.id)
     return job
 
 
@@ -404,7 +425,10 @@ def finish_job(
         .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.RUNNING)
         .values(**values)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
+    done = bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
+    if done:
+        _queue_webhook(s, job_id)
+    return done
 
 
 def fail_job(s: Session, job_id: str, error: dict[str, Any]) -> bool:
@@ -422,7 +446,10 @@ def fail_job(s: Session, job_id: str, error: dict[str, Any]) -> bool:
             seq=Job.seq + 1,
         )
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
+    done = bool(res.rowcount)  # type: ignore[attr-defined]  # DML execute() returns a CursorResult, which has rowcount
+    if done:
+        _queue_webhook(s, job_id)
+    return done
 
 
 def stale_running_jobs(s: Session, stale_before: datetime) -> list[Job]:
@@ -515,3 +542,100 @@ def list_artifacts(s: Session, job_id: str) -> list[Artifact]:
 
 def get_artifact(s: Session, job_id: str, name: str) -> Artifact | None:
     return s.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+
+
+# Webhook outbox --------------------------------------------------------------------------
+
+
+def _queue_webhook(s: Session, job_id: str) -> WebhookDelivery | None:
+    """In the transaction that made ``job_id`` terminal: an outbox row with the job's final
+    JSON, if the job has a ``callback_url``. Every terminal transition calls this."""
+    s.flush()
+    job = s.get(Job, job_id, populate_existing=True)
+    if job is None or not job.callback_url:
+        return None
+    row = WebhookDelivery(
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        event=f"job.{job.status}",
+        url=job.callback_url,
+        payload=job_json(job),
+        status=DeliveryStatus.PENDING,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def list_deliveries(s: Session, job_id: str) -> list[WebhookDelivery]:
+    return list(
+        s.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+            .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+        )
+    )
+
+
+@dataclass
+class DueDelivery:
+    id: str
+    job_id: str
+    event: str
+    url: str
+    payload: str
+    attempts: int
+    secret: str
+
+
+def lease_due_deliveries(s: Session, now: datetime, lease_until: datetime, limit: int) -> list[DueDelivery]:
+    """Pending deliveries due at ``now``, leased to the caller until ``lease_until`` (their
+    ``next_attempt_at`` moves there, so another loop skips them; a crashed sender's lease
+    simply expires). Rows locked by a concurrent caller are skipped (Postgres)."""
+    rows = list(
+        s.execute(
+            select(WebhookDelivery, Tenant.webhook_secret)
+            .join(Tenant, Tenant.id == WebhookDelivery.tenant_id)
+            .where(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now)
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        ).all()
+    )
+    out = []
+    for row, secret in rows:
+        row.next_attempt_at = lease_until
+        out.append(DueDelivery(row.id, row.job_id, row.event, row.url, row.payload, row.attempts, secret))
+    s.flush()
+    return out
+
+
+def record_delivery_attempt(
+    s: Session,
+    delivery_id: str,
+    *,
+    delivered: bool,
+    status_code: int | None,
+    error: str | None,
+    retry_at: datetime | None,
+) -> None:
+    """The outcome of one attempt: delivered, retried at ``retry_at``, or (None) given up."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "attempts": WebhookDelivery.attempts + 1,
+        "last_status_code": status_code,
+        "last_error": error[:2000] if error else None,
+    }
+    if delivered:
+        values.update(status=DeliveryStatus.DELIVERED, delivered_at=now)
+    elif retry_at is None:
+        values.update(status=DeliveryStatus.FAILED)
+    else:
+        values.update(next_attempt_at=retry_at)
+    s.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING)
+        .values(**values)
+    )

@@ -17,10 +17,14 @@ from service.api.uploads import spool
 from service.db import repo
 from service.settings import Settings
 from service.storage import Storage, put_blob
-from service.storage.remote import check_uri
+from service.storage.inputs import check_input_uri
 from service.validation.archives import check_dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def _checked_uri(s: Session, principal: Principal, uri: str, settings: Settings) -> str:
+    return check_input_uri(uri, repo.tenant_name(s, principal.tenant_id) or "", settings)
 
 
 @router.post("", status_code=201, response_model=DatasetOut, responses=error_responses(400, 413))
@@ -43,7 +47,7 @@ def create_dataset(
     if (file is None) == (uri is None):
         raise ApiError(422, "invalid_request", "send exactly one of 'file' and 'uri'")
     if uri is not None:
-        row = repo.add_dataset(s, principal.tenant_id, uri=check_uri(uri, settings))
+        row = repo.add_dataset(s, principal.tenant_id, uri=_checked_uri(s, principal, uri, settings))
         s.commit()
         return DatasetOut.of(row)
     assert file is not None

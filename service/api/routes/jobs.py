@@ -21,7 +21,7 @@ from service.api.errors import ApiError, not_found
 from service.api.job_requests import resolve
 from service.api.metrics import JOBS_CREATED
 from service.api.paging import page_cursor, page_limit
-from service.api.schemas import ArtifactOut, JobCreate, JobOut, Page, error_responses
+from service.api.schemas import ArtifactOut, DeliveryOut, JobCreate, JobOut, Page, error_responses
 from service.db import repo
 from service.db.async_reader import AsyncJobReader
 from service.db.models import TERMINAL_STATUSES, Job, JobStatus
@@ -52,6 +52,7 @@ def _owned_job(s: Session, principal: Principal, job_id: str) -> Job:
 @router.post("", status_code=202, response_model=JobOut, responses=error_responses(404, 409, 413))
 def create_job(
     body: JobCreate,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -82,6 +83,8 @@ def create_job(
             dataset_id=resolved.dataset_id,
             idempotency_key=idempotency_key,
             request_hash=resolved.request_hash,
+            callback_url=resolved.callback_url,
+            request_id=getattr(request.state, "request_id", None),
         )
         s.commit()
     except IntegrityError:
@@ -91,6 +94,7 @@ def create_job(
             raise
         return _replay(existing, body, s, principal, settings, response)
     JOBS_CREATED.inc()
+    log.info("job created", extra={"job_id": job.id})
     try:
         dispatcher.enqueue(job.id)
     except Exception:
@@ -204,6 +208,15 @@ async def job_events(
             job = await run_in_threadpool(load)
 
     return EventSourceResponse(stream(), ping=15)
+
+
+@router.get("/{job_id}/deliveries", response_model=list[DeliveryOut], responses=error_responses(404))
+def list_deliveries(
+    job_id: str, principal: Principal = Depends(authenticate), s: Session = Depends(deps.db)
+) -> list[DeliveryOut]:
+    """Webhook deliveries of the job's terminal states (its ``callback_url``), oldest first."""
+    job = _owned_job(s, principal, job_id)
+    return [DeliveryOut.of(d) for d in repo.list_deliveries(s, job.id)]
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut], responses=error_responses(404))

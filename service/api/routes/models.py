@@ -19,7 +19,7 @@ from service.api.uploads import spool
 from service.db import repo
 from service.settings import Settings
 from service.storage import Storage, put_blob
-from service.storage.remote import check_uri
+from service.storage.inputs import check_input_uri
 from service.validation.architectures import check_architecture
 from service.validation.checkpoints import check_checkpoint
 
@@ -34,6 +34,10 @@ def parse_kwargs(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidSpecError("kwargs must be a JSON object")
     return value
+
+
+def _checked_uri(s: Session, principal: Principal, uri: str, settings: Settings) -> str:
+    return check_input_uri(uri, repo.tenant_name(s, principal.tenant_id) or "", settings)
 
 
 @router.post("", status_code=201, response_model=ModelOut, responses=error_responses(400, 413))
@@ -66,7 +70,11 @@ def create_model(
         raise ApiError(422, "invalid_request", "send exactly one of 'file' and 'uri'")
     if uri is not None:
         row = repo.add_model(
-            s, principal.tenant_id, architecture=architecture, kwargs=kw, uri=check_uri(uri, settings)
+            s,
+            principal.tenant_id,
+            architecture=architecture,
+            kwargs=kw,
+            uri=_checked_uri(s, principal, uri, settings),
         )
         s.commit()
         return ModelOut.of(row)
