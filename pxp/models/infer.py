@@ -43,7 +43,7 @@ _EVIDENCE: dict[str, str] = {
     "width_per_group": "first block's width / groups",
     "stem_width": "first conv's output channels",
     "cfg": "conv widths and pooling positions",
-    "batch_norm": "BatchNorm running statistics present",
+    "batch_norm": "whether BatchNorm running statistics are present",
     "widths": "conv widths per stage",
     "convs_per_stage": "convs between poolings",
     "hidden": "first classifier layer rows",

@@ -121,8 +121,9 @@ def test_checkpoint_that_does_not_fit_the_architecture_fails_as_user_error(e2e, 
 
     key = create_key(f"e2e-bad-{RUN_ID}", settings=settings).key
     with PxpClient(url, key, timeout=60) as client:
-        # The tiny weights, declared as the default (wider) digits_vgg.
-        model = client.upload_model(uploads["weights"], ARCH, {})
+        # The tiny weights, declared with a classifier width they do not have (kwargs that are
+        # not given are read from the checkpoint; given ones must agree with it).
+        model = client.upload_model(uploads["weights"], ARCH, {"hidden": 7})
         job = client.submit({"criteria": [{"criterion": "weight"}]}, model_id=model["id"])
         final = client.wait(job["id"], timeout=300, poll_interval=0.5)
         assert final["status"] == "failed"
