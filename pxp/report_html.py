@@ -116,6 +116,9 @@ def write_html_report(
     if explanations is not None:
         parts += [
             "<h2>Why these components: relevance at the input</h2>",
+            f"<p>No heatmaps: {html.escape(str(explanations['heatmaps_skipped']))}.</p>"
+            if explanations.get("heatmaps_skipped")
+            else "",
             "<p>LRP heatmaps of reference images (red: for the true class, blue: against), from the "
             "unpruned and the pruned model with the same composite. Cosine similarity of each pair: "
             + ", ".join(f"{v:.3f}" for v in explanations.get("heatmap_change", []))

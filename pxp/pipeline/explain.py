@@ -115,11 +115,28 @@ def write_explanations(
     rate: float,
     per_class: int = 1,
 ) -> dict[str, str]:
-    """Write the JSON and the two PNGs; return artifact name → file name."""
+    """Write the JSON and the PNGs; return artifact name → file name.
+
+    Heatmaps need a faithful LRP: on a family where pxp refuses LRP (see
+    :mod:`pxp.attribution.support`) they are left out and the JSON says why.
+    """
     import json
 
-    maps = heatmaps(state, attribution, keep, per_class)
+    from pxp.attribution.support import lrp_blockers
+
     stats = layer_statistics(state, scores, keep)
+    written = {"explanations": EXPLANATIONS_JSON, "layers_png": LAYERS_PNG}
+    blockers = lrp_blockers(state.prepared) if state.family == "cnn" else []
+    if blockers:
+        record: dict[str, Any] = {
+            "rate": rate,
+            "heatmaps_skipped": f"LRP is not faithful on this model ({'; '.join(blockers)})",
+            "layers": stats,
+        }
+        (out_dir / EXPLANATIONS_JSON).write_text(json.dumps(record, indent=1, allow_nan=False))
+        _plot_layers(stats, rate, out_dir / LAYERS_PNG)
+        return written
+    maps = heatmaps(state, attribution, keep, per_class)
     record = {
         "rate": rate,
         "heatmap_composite": (
@@ -140,7 +157,7 @@ def write_explanations(
     (out_dir / EXPLANATIONS_JSON).write_text(json.dumps(record, indent=1, allow_nan=False))
     _plot_heatmaps(maps, state.data.class_names, out_dir / HEATMAPS_PNG)
     _plot_layers(stats, rate, out_dir / LAYERS_PNG)
-    return {"explanations": EXPLANATIONS_JSON, "heatmaps_png": HEATMAPS_PNG, "layers_png": LAYERS_PNG}
+    return {**written, "heatmaps_png": HEATMAPS_PNG}
 
 
 def _plot_heatmaps(maps: Heatmaps, class_names: list[str], path: Path) -> None:
