@@ -222,7 +222,7 @@ class SearchSpec(_Strict):
     #: Stop a trial as soon as its partial curve proves it cannot beat the best (exact; pxp.search.evaluator).
     exact_pruning: bool = True
     #: Stop the search once this many finished trials in a row did not raise the best A_PR (None: never).
-    plateau_trials: int | None = Field(15, ge=1)
+    plateau_trials: int | None = Field(20, ge=1)
     storage: str | None = None
     study_name: str | None = None
     #: Set as the Optuna study's user attributes (the service sets ``job_id``, ``tenant`` and

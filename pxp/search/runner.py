@@ -18,7 +18,7 @@ How it converges quickly (all seeded and resumable):
   (:class:`~pxp.search.evaluator.CannotBeat`, reported to Optuna as pruned). It
   could not have won, so the best configuration is the one a full evaluation of
   every trial would find among the same trials. Enqueued seeds are never pruned.
-- **Plateau stop** (``SearchSpec.plateau_trials``, default 15): the search ends once
+- **Plateau stop** (``SearchSpec.plateau_trials``, default 20): the search ends once
   that many finished trials in a row (in trial-number order, counting earlier
   runs of the study) have not raised the best A_PR. The rule reads only the stored
   trials, so a resumed plateaued study stops again at once.
