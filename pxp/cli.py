@@ -88,7 +88,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         help="comma list of train-free recoveries (bn_reestimate, mean_fold, least_squares) or 'none'",
     )
     p.add_argument(
-        "--cost-exponent", type=float, default=0.5, help="rank by relevance / cost^β (0: the paper's ranking)"
+        "--cost-exponent", type=float, default=1.0, help="rank by relevance / cost^β (0: the paper's ranking)"
     )
     p.add_argument(
         "--no-coupled",

@@ -104,7 +104,7 @@ def test_compress_defaults_to_the_measured_best_options_and_paper_restores_the_m
     spec = _compress_spec()
     assert spec.prune.max_accuracy_drop == 0.01
     assert spec.prune.recovery == ["bn_reestimate", "least_squares"]
-    assert spec.prune.coupled and spec.prune.cost_exponent == 0.5
+    assert spec.prune.coupled and spec.prune.cost_exponent == 1.0
     assert spec.export.measure_latency and spec.search is None
     paper = _compress_spec("--paper")
     assert paper.prune.recovery == [] and not paper.prune.coupled and paper.prune.cost_exponent == 0.0
