@@ -157,3 +157,47 @@ def test_client_and_service_cli_are_torch_free():
     assert _fresh_python(
         "import sys, pxp.client, pxp.cli_service, service.cli; print('torch' in sys.modules)"
     ) == ("False")
+
+
+def _module_level_imports(path: Path, known: set[str]) -> set[str]:
+    """Modules of the tree ``path`` imports when it is itself imported (not inside functions or
+    ``TYPE_CHECKING``): the edges that can form an import circle."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in known}
+
+
+def test_no_import_circles() -> None:
+    paths: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            paths[name] = path
+    graph = {name: _module_level_imports(path, set(paths)) - {name} for name, path in paths.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                circles.append([*stack[stack.index(dep) :], dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    assert not circles, [" -> ".join(c) for c in circles]

@@ -8,7 +8,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pxp.data import digits
+import pxp.data.digits as digits
 from pxp.data.archive import archive_kind, safe_extract
 from pxp.data.folder import load_image_folder
 from pxp.data.labelled import LabelledData

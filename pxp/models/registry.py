@@ -17,8 +17,9 @@ from typing import Any
 
 from torch import nn
 
+import pxp.models.digits as digits
+import pxp.models.generic as generic
 from pxp.errors import UnsupportedArchitectureError
-from pxp.models import digits, generic
 from pxp.spec import Family
 
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)

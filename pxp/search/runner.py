@@ -36,9 +36,9 @@ from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 from torch import nn
 
+import pxp.search.study as studies
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidDataError, InvalidSpecError
-from pxp.search import study as studies
 from pxp.search.evaluator import CannotBeat, TrialEvaluator
 from pxp.search.space import (
     SearchSpace,
