@@ -154,6 +154,38 @@ def _upload_artifacts(ctx: WorkerContext, result: JobResult, out: Path) -> list[
     return uploaded
 
 
+REPRODUCTION_NAME = "reproduction.json"
+
+
+def _reproduction(ctx: WorkerContext, earlier_id: str, out_dir: Path, workdir: Path) -> dict[str, Any]:
+    """Compare this job's outputs with the earlier job's stored artifacts (``pxp.reproduce.compare``).
+
+    Writes ``reproduction.json`` into ``out_dir`` and returns what it holds.
+    """
+    import json
+
+    from pxp.reproduce import compare
+
+    original = workdir / "original"
+    original.mkdir(parents=True, exist_ok=True)
+    with ctx.session_factory() as s:
+        earlier = repo.load_job(s, earlier_id)
+        files = dict(((earlier.result if earlier is not None else None) or {}).get("artifacts", {}))
+        rows = {a.name: a.storage_key for a in repo.list_artifacts(s, earlier_id)}
+    for name in ("provenance", "results", "weights"):
+        if name in files and name in rows:
+            ctx.storage.download(rows[name], original / Path(files[name]).name)
+    report = compare(original, out_dir)
+    record = {
+        "of_job": earlier_id,
+        "identical": report.identical,
+        "differences": report.differences,
+        "notes": report.notes,
+    }
+    (out_dir / REPRODUCTION_NAME).write_text(json.dumps(record, indent=1))
+    return record
+
+
 def _finish(
     ctx: WorkerContext,
     job_id: str,
@@ -235,10 +267,19 @@ def _execute_job(
             with ctx.session_factory() as s:
                 job = repo.load_job(s, job_id)
                 assert job is not None
+                reproduces = job.reproduces_job_id
                 spec = materialise(s, job, ctx.storage, settings, workdir / "inputs")
             reporter.check()
             run = pipeline or default_pipeline()
             result = run(spec, workdir / "out", reporter, study_storage=settings.optuna_url)
+            result_json = result.model_dump(mode="json")
+            metrics = summarise(result)
+            if reproduces is not None:
+                reporter.report("comparing with the earlier job", 1.0)
+                result_json["reproduction"] = _reproduction(ctx, reproduces, workdir / "out", workdir)
+                result.artifacts["reproduction"] = REPRODUCTION_NAME
+                result_json["artifacts"] = dict(result.artifacts)
+                metrics["reproduction_identical"] = result_json["reproduction"]["identical"]
             reporter.report("uploading artifacts", 1.0)
             artifacts = _upload_artifacts(ctx, result, workdir / "out")
             status = JobStatus.SUCCEEDED
@@ -247,8 +288,8 @@ def _execute_job(
                 job_id,
                 worker,
                 status,
-                result=result.model_dump(mode="json"),
-                metrics=summarise(result),
+                result=result_json,
+                metrics=metrics,
                 artifacts=artifacts,
             )
     except JobLostError:

@@ -102,6 +102,13 @@ class JobCreate(BaseModel):
         description="POSTed the job's final JSON on every terminal state, signed with the tenant's "
         "webhook secret (X-Pxp-Signature, X-Pxp-Timestamp); see docs/integrations.md.",
     )
+    reproduce_of: str | None = Field(
+        None,
+        max_length=64,
+        description="Re-run this earlier succeeded job of the tenant (its spec, model and data) and "
+        "compare: the result's `reproduction` says `identical` or lists what differs. "
+        "`spec`, `model_id` and `dataset_id` must then be left out.",
+    )
 
 
 class JobError(BaseModel):
@@ -129,6 +136,7 @@ class JobOut(BaseModel):
     updated_at: datetime
     callback_url: str | None = None
     request_id: str | None = None
+    reproduces_job_id: str | None = None
     spec: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
 
@@ -153,6 +161,7 @@ class JobOut(BaseModel):
             updated_at=row.updated_at,
             callback_url=row.callback_url,
             request_id=row.request_id,
+            reproduces_job_id=row.reproduces_job_id,
             spec=row.spec if full else None,
             result=row.result if full else None,
         )

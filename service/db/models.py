@@ -150,6 +150,8 @@ class Job(Base):
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: ``X-Request-ID`` of the request that created the job; the worker logs it.
     request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The earlier job (same tenant) this one re-runs to check it reproduces exactly.
+    reproduces_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -190,10 +190,12 @@ def create_job(
     request_hash: str | None,
     callback_url: str | None = None,
     request_id: str | None = None,
+    reproduces_job_id: str | None = None,
 ) -> Job:
     job = Job(
         callback_url=callback_url,
         request_id=request_id,
+        reproduces_job_id=reproduces_job_id,
         tenant_id=tenant_id,
         spec=spec,
         model_id=model_id,

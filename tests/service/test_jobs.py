@@ -343,3 +343,41 @@ def test_events_stream_ends_with_the_final_state(api, tmp_path):
     assert "event: end" in text
     data = json.loads(next(line[6:] for line in text.splitlines() if line.startswith("data: ")))
     assert data["id"] == job_id and data["status"] == "succeeded" and data["result"] == {"chosen_rate": 0.5}
+
+
+def test_reproduce_of_copies_the_earlier_jobs_spec_and_inputs(api, tmp_path):
+    headers = api.key()
+    earlier, _ = _finished_job_with_artifact(api, headers, tmp_path)
+    resp = _create(api, headers, {"reproduce_of": earlier})
+    assert resp.status_code == 202, resp.text
+    job = resp.json()
+    assert job["reproduces_job_id"] == earlier and job["id"] != earlier
+    original = api.client.get(f"/v1/jobs/{earlier}", headers=headers).json()
+    assert job["spec"] == original["spec"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"reproduce_of": "0" * 32}, 404, "not_found"),
+        ({"reproduce_of": "EARLIER", "spec": SPEC}, 422, "invalid_spec"),
+        ({"reproduce_of": "QUEUED"}, 409, "not_reproducible"),
+    ],
+)
+def test_reproduce_of_refusals(api, tmp_path, body, status, error):
+    headers = api.key()
+    earlier, _ = _finished_job_with_artifact(api, headers, tmp_path)
+    queued = _create(api, headers).json()["id"]
+    body = {
+        k: {"EARLIER": earlier, "QUEUED": queued}.get(v, v) if k == "reproduce_of" else v
+        for k, v in body.items()
+    }
+    resp = _create(api, headers, body)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] == error
+
+
+def test_another_tenants_job_cannot_be_reproduced(api, tmp_path):
+    earlier, _ = _finished_job_with_artifact(api, api.key(), tmp_path)
+    resp = _create(api, api.key(), {"reproduce_of": earlier})
+    assert resp.status_code == 404

@@ -76,7 +76,7 @@ def test_optuna_tables_live_in_their_own_schema(prod_settings, pg_engine):
         optuna_tables = set(inspect(conn).get_table_names(schema="optuna"))
         ours = conn.execute(text("SELECT version_num FROM public.alembic_version")).scalar()
     assert {"studies", "trials", "alembic_version"} <= optuna_tables
-    assert ours == "0002"
+    assert ours == "0003"
     assert len(optuna.load_study(study_name=study.study_name, storage=storage).trials) == 2
     storage.remove_session()
     storage.engine.dispose()

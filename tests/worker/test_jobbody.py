@@ -207,3 +207,61 @@ def test_checkpoint_that_does_not_fit_fails_as_user_error_in_the_real_pipeline(c
     assert "does not match digits_vgg" in message or "features.0.weight" in message or "missing" in message
     with ctx.session_factory() as s:
         assert repo.list_artifacts(s, job.id) == []
+
+
+def test_a_job_that_reproduces_an_earlier_one_says_identical(ctx, tmp_path):
+    """Issue 15 over the service: the rerun of a finished job compares itself with its artifacts."""
+    pytest.importorskip("torch")
+    from pxp.models import save_safetensors
+    from pxp.zoo import TINY_KWARGS, load_zoo_model
+
+    model, _ = load_zoo_model("digits_vgg", TINY_KWARGS["digits_vgg"])
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors(model.state_dict(), path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = put_blob(ctx.storage, path, sha)
+    with ctx.session_factory() as s:
+        tenant = repo.get_or_create_tenant(s, "t")
+        row = repo.add_model(
+            s,
+            tenant.id,
+            architecture="digits_vgg",
+            kwargs=TINY_KWARGS["digits_vgg"],
+            storage_key=key,
+            sha256=sha,
+            format="safetensors",
+        )
+        spec = {
+            "model": {
+                "architecture": "digits_vgg",
+                "kwargs": TINY_KWARGS["digits_vgg"],
+                "weights": f"model:{row.id}",
+            },
+            "criteria": [{"criterion": "weight"}],
+            "prune": {"rates": [0.0, 0.5], "rate": 0.5},
+            "export": {"measure_latency": False},
+        }
+        first = repo.create_job(
+            s, tenant.id, spec, model_id=row.id, dataset_id=None, idempotency_key=None, request_hash=None
+        )
+        s.commit()
+    assert execute_job(first.id, ctx) == "succeeded"
+    with ctx.session_factory() as s:
+        again = repo.create_job(
+            s,
+            tenant.id,
+            spec,
+            model_id=row.id,
+            dataset_id=None,
+            idempotency_key=None,
+            request_hash=None,
+            reproduces_job_id=first.id,
+        )
+        s.commit()
+    assert execute_job(again.id, ctx) == "succeeded"
+    job = _load(ctx, again.id)
+    assert job.result["reproduction"]["of_job"] == first.id
+    assert job.result["reproduction"]["identical"] is True, job.result["reproduction"]
+    assert job.metrics["reproduction_identical"] is True
+    with ctx.session_factory() as s:
+        assert "reproduction" in {a.name for a in repo.list_artifacts(s, again.id)}

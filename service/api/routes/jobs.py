@@ -68,7 +68,13 @@ def create_job(
     dispatcher: Dispatcher = Depends(deps.dispatcher),
 ) -> JobOut:
     """Queue a compression job. The row is committed before the task is sent, and the
-    task carries only the job id; if sending fails the reconciler sends it later."""
+    task carries only the job id; if sending fails the reconciler sends it later.
+
+    With ``reproduce_of``, the job re-runs an earlier succeeded job's spec and inputs and
+    its result says whether everything came out identical."""
+    reproduces = None
+    if body.reproduce_of is not None:
+        body, reproduces = _reproduction_of(s, principal, body)
     if idempotency_key is not None:
         existing = repo.job_by_idempotency_key(s, principal.tenant_id, idempotency_key)
         if existing is not None:
@@ -85,6 +91,7 @@ def create_job(
             request_hash=resolved.request_hash,
             callback_url=resolved.callback_url,
             request_id=getattr(request.state, "request_id", None),
+            reproduces_job_id=reproduces,
         )
         s.commit()
     except IntegrityError:
@@ -101,6 +108,24 @@ def create_job(
         log.exception("could not enqueue job %s; the reconciler will retry", job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)
+
+
+def _reproduction_of(s: Session, principal: Principal, body: JobCreate) -> tuple[JobCreate, str]:
+    """The body of a job that re-runs ``body.reproduce_of``: the earlier job's stored spec."""
+    if body.spec or body.model_id is not None or body.dataset_id is not None:
+        raise ApiError(
+            422,
+            "invalid_spec",
+            "reproduce_of re-runs the earlier job's spec: leave spec, model_id and dataset_id out",
+        )
+    earlier = _owned_job(s, principal, body.reproduce_of or "")
+    if earlier.status != JobStatus.SUCCEEDED:
+        raise ApiError(
+            409,
+            "not_reproducible",
+            f"job {earlier.id} is {earlier.status}; only a succeeded job can be reproduced",
+        )
+    return JobCreate(spec=dict(earlier.spec), callback_url=body.callback_url), earlier.id
 
 
 def _replay(
