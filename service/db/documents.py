@@ -39,6 +39,7 @@ def job_document(job: Job) -> dict[str, Any]:
         "updated_at": job.updated_at,
         "callback_url": job.callback_url,
         "request_id": job.request_id,
+        "reproduces_job_id": job.reproduces_job_id,
         "spec": job.spec,
         "result": job.result,
     }
