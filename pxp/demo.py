@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         f"test accuracy {summary.get('unpruned_test_accuracy', 0):.4f} -> {summary.get('test_accuracy', 0):.4f} "
         f"as reported; reloaded checkpoint measured here: {measured:.4f}"
     )
+    latency = summary.get("latency") or {}
+    for batch, point in sorted(latency.get("batches", {}).items(), key=lambda kv: int(kv[0])):
+        print(
+            f"measured on this {latency.get('device', '?')} ({latency.get('threads', '?')} threads), batch {batch}: "
+            f"{point['original_ms']:.2f} ms -> {point['compressed_ms']:.2f} ms ({point['speedup']:.2f}x, median)"
+        )
     print()
     for name, path in sorted(paths.items()):
         print(f"{name:>22}: {path}")
