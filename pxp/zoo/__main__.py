@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         digest = checksum.weights_sha256(model)
         if args.record_references:
             references[checksum.reference_key(entry.name)] = digest
+            checksum.REFERENCE_FILE.write_text(json.dumps(references, indent=1, sort_keys=True) + "\n")
         verdict = checksum.compare_with_reference(entry.name, digest)
         shown = {True: "reference weights", False: "DIFFERS from the reference", None: "no reference"}[
             verdict
@@ -53,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
             f"(this call {time.perf_counter() - started:.1f}s)  sha256 {digest[:12]} ({shown})  {entry}",
             flush=True,
         )
-        if args.record_references:
-            checksum.REFERENCE_FILE.write_text(json.dumps(references, indent=1, sort_keys=True) + "\n")
     return 0
 
 
