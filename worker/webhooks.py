@@ -42,7 +42,7 @@ from service.db import repo
 from service.db.session import SessionFactory, make_session_factory
 from service.db.types import utcnow
 from service.settings import Settings, get_settings
-from service.storage.remote import check_callback_url
+from service.storage.remote import pinned_request, resolve_callback
 
 log = logging.getLogger("pxp.webhooks")
 
@@ -84,12 +84,16 @@ def deliver_due(factory: SessionFactory, settings: Settings, *, limit: int = 20)
             error: str | None = None
             body = d.payload.encode()
             try:
-                check_callback_url(d.url, settings)
+                # Re-checked before every attempt, and sent to the address that was checked
+                # (no DNS rebinding between the check and the connection).
+                target, pin_headers, extensions = pinned_request(d.url, resolve_callback(d.url, settings))
                 stamp = str(int(time.time()))
                 resp = client.post(
-                    d.url,
+                    target,
                     content=body,
+                    extensions=extensions,
                     headers={
+                        **pin_headers,
                         "Content-Type": "application/json",
                         "User-Agent": USER_AGENT,
                         "X-Pxp-Event": d.event,

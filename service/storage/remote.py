@@ -126,12 +126,18 @@ def pinned_request(url: str, addrs: list[str]) -> tuple[str, dict[str, str], dic
 def check_callback_url(url: str, settings: Settings) -> str:
     """A job's ``callback_url``: a ``callback_url_schemes`` scheme, then the address policy of
     :func:`check_uri` (no private addresses unless ``allow_private_addresses``)."""
+    resolve_callback(url, settings)
+    return url
+
+
+def resolve_callback(url: str, settings: Settings) -> list[str]:
+    """:func:`check_callback_url`, returning the checked addresses (to connect to, pinned)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme not in settings.callback_url_schemes:
         raise UriNotAllowedError(
             f"callback URL scheme {scheme or '(none)'!r} is not allowed; allowed: {settings.callback_url_schemes}"
         )
-    return check_uri(url, settings.model_copy(update={"allowed_uri_schemes": [scheme]}))
+    return resolve_checked(url, settings.model_copy(update={"allowed_uri_schemes": [scheme]}))
 
 
 def fetch_uri(

@@ -272,3 +272,51 @@ def test_migration_gives_existing_tenants_a_secret(tmp_path):
     downgrade(url, "0001")
     upgrade(url)
     engine.dispose()
+
+
+def test_delivery_connects_to_the_address_that_was_checked(tmp_path, receiver, monkeypatch):
+    """No DNS rebinding window: the host is resolved once, by the policy check, and the POST goes
+    to that address. ``hooks.pxp.invalid`` resolves only inside the check (no DNS knows it), so the
+    delivery can succeed only if it connects to the checked address."""
+    import socket
+    import types
+    from urllib.parse import urlsplit
+
+    from service.db.session import make_session_factory
+    from service.settings import Settings
+    from service.storage import remote
+    from worker.webhooks import deliver_due
+
+    port = urlsplit(receiver.url).port
+    real = socket.getaddrinfo
+
+    def checked_resolution(host, *args, **kwargs):
+        return real("127.0.0.1" if host == "hooks.pxp.invalid" else host, *args, **kwargs)
+
+    monkeypatch.setattr(
+        remote, "socket", types.SimpleNamespace(**{**vars(socket), "getaddrinfo": checked_resolution})
+    )
+    settings = Settings(
+        data_dir=tmp_path, callback_url_schemes=["http"], allow_private_addresses=True, webhook_timeout_s=2
+    )
+    upgrade(settings.db_url)
+    factory = make_session_factory(settings)
+    url = f"http://hooks.pxp.invalid:{port}/hook"
+    with factory() as s:
+        key, _ = repo.create_api_key(s, "pinned")
+        job = repo.create_job(
+            s,
+            key.tenant_id,
+            SPEC,
+            model_id=None,
+            dataset_id=None,
+            idempotency_key=None,
+            request_hash=None,
+            callback_url=url,
+        )
+        s.commit()
+        repo.request_cancel(s, job)
+        s.commit()
+    report = deliver_due(factory, settings)
+    assert len(report.delivered) == 1, report
+    assert receiver.requests[0].headers["host"] == f"hooks.pxp.invalid:{port}"
