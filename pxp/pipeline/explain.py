@@ -114,8 +114,8 @@ def write_explanations(
     keep: dict[str, torch.Tensor],
     rate: float,
     per_class: int = 1,
-) -> dict[str, str]:
-    """Write the JSON and the PNGs; return artifact name → file name.
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write the JSON and the PNGs; return (artifact name → file name, the JSON's record).
 
     Heatmaps need a faithful LRP: on a family where pxp refuses LRP (see
     :mod:`pxp.attribution.support`) they are left out and the JSON says why.
@@ -135,7 +135,7 @@ def write_explanations(
         }
         (out_dir / EXPLANATIONS_JSON).write_text(json.dumps(record, indent=1, allow_nan=False))
         _plot_layers(stats, rate, out_dir / LAYERS_PNG)
-        return written
+        return written, record
     maps = heatmaps(state, attribution, keep, per_class)
     record = {
         "rate": rate,
@@ -157,7 +157,7 @@ def write_explanations(
     (out_dir / EXPLANATIONS_JSON).write_text(json.dumps(record, indent=1, allow_nan=False))
     _plot_heatmaps(maps, state.data.class_names, out_dir / HEATMAPS_PNG)
     _plot_layers(stats, rate, out_dir / LAYERS_PNG)
-    return {**written, "heatmaps_png": HEATMAPS_PNG}
+    return {**written, "heatmaps_png": HEATMAPS_PNG}, record
 
 
 def _plot_heatmaps(maps: Heatmaps, class_names: list[str], path: Path) -> None:

@@ -8,15 +8,15 @@ stage's output is checkpointed under ``out_dir/.stages`` so a retried job resume
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pxp.pipeline.budget import choose_budget, refined_rate
 from pxp.pipeline.curves import curve
-from pxp.pipeline.explain import EXPLANATIONS_JSON, write_explanations
+from pxp.pipeline.explain import write_explanations
 from pxp.pipeline.export import export_job
 from pxp.pipeline.provenance import PROVENANCE_NAME, build_provenance
 from pxp.pipeline.reporter import ProgressCallback, Reporter
@@ -173,21 +173,19 @@ def run(
     )
     write_json_atomic(out_dir / PROVENANCE_NAME, provenance)
     artifacts["provenance"] = PROVENANCE_NAME
-    explanations = None
+    explanations: dict[str, Any] | None = None
     if spec.explain.enabled:
         report("explain", 0, message="heatmaps and per-layer statistics")
-        artifacts.update(
-            write_explanations(
-                state,
-                out_dir,
-                attribution=chosen_attribution,
-                scores=chosen_scores,
-                keep=keep,
-                rate=chosen_rate,
-                per_class=spec.explain.heatmaps_per_class,
-            )
+        explained, explanations = write_explanations(
+            state,
+            out_dir,
+            attribution=chosen_attribution,
+            scores=chosen_scores,
+            keep=keep,
+            rate=chosen_rate,
+            per_class=spec.explain.heatmaps_per_class,
         )
-        explanations = json.loads((out_dir / EXPLANATIONS_JSON).read_text())
+        artifacts.update(explained)
 
     compression = None
     if spec.export.enabled:

@@ -97,6 +97,27 @@ class LocalStorage:
         probe.unlink()
 
 
+def s3_client(settings: Settings, *, read_timeout: float = 60) -> Any:
+    """A boto3 S3 client with the service's credentials and endpoint (artifacts and ``s3://`` inputs)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=read_timeout,
+        ),
+    )
+
+
 class S3Storage:
     """An S3-compatible bucket through boto3 (AWS, MinIO, moto)."""
 
@@ -107,23 +128,7 @@ class S3Storage:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Storage:
-        import boto3
-        from botocore.config import Config
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-            ),
-        )
+        client = s3_client(settings)
         return cls(settings.s3_bucket, client, settings.s3_prefix)
 
     def _key(self, key: str) -> str:

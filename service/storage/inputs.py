@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 from pxp.errors import InvalidSpecError, UserError
 from service.settings import Settings
+from service.storage.backends import s3_client
 from service.storage.remote import UriNotAllowedError, check_uri, fetch_uri
 
 
@@ -67,26 +67,6 @@ def check_input_uri(uri: str, tenant: str, settings: Settings) -> str:
     return check_uri(uri, settings)
 
 
-def _s3_client(settings: Settings) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key,
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=settings.uri_timeout_s,
-        ),
-    )
-
-
 def fetch_s3_uri(
     uri: str, dest: Path, settings: Settings, tenant: str, *, max_bytes: int, error_cls: type[UserError]
 ) -> str:
@@ -96,7 +76,7 @@ def fetch_s3_uri(
     bucket, key = parse_s3_uri(uri)
     digest = hashlib.sha256()
     try:
-        obj = _s3_client(settings).get_object(Bucket=bucket, Key=key)
+        obj = s3_client(settings, read_timeout=settings.uri_timeout_s).get_object(Bucket=bucket, Key=key)
         declared = int(obj.get("ContentLength") or 0)
         if declared > max_bytes:
             raise error_cls(f"{uri} is {declared} bytes; the limit is {max_bytes}")

@@ -219,11 +219,11 @@ def test_the_documented_verification_snippet_accepts_our_signature():
     )
 
 
-def test_embedded_mode_delivers_from_sqlite(tmp_path, receiver):
-    """The same outbox and loop on the embedded stack (SQLite: no row locks, one writer)."""
+def _embedded_cancelled_job(tmp_path, tenant, callback_url):  # type: ignore[no-untyped-def]
+    """An embedded (SQLite) stack with one job of ``tenant`` cancelled while queued, so its
+    terminal state's delivery to ``callback_url`` is due; returns (settings, factory, secret)."""
     from service.db.session import make_session_factory
     from service.settings import Settings
-    from worker.webhooks import deliver_due
 
     settings = Settings(
         data_dir=tmp_path, callback_url_schemes=["http"], allow_private_addresses=True, webhook_timeout_s=2
@@ -231,7 +231,7 @@ def test_embedded_mode_delivers_from_sqlite(tmp_path, receiver):
     upgrade(settings.db_url)
     factory = make_session_factory(settings)
     with factory() as s:
-        key, _ = repo.create_api_key(s, "embedded")
+        key, _ = repo.create_api_key(s, tenant)
         job = repo.create_job(
             s,
             key.tenant_id,
@@ -240,12 +240,20 @@ def test_embedded_mode_delivers_from_sqlite(tmp_path, receiver):
             dataset_id=None,
             idempotency_key=None,
             request_hash=None,
-            callback_url=receiver.url,
+            callback_url=callback_url,
         )
         s.commit()
         repo.request_cancel(s, job)
         s.commit()
-        secret = repo.webhook_secret(s, "embedded")
+        secret = repo.webhook_secret(s, tenant)
+    return settings, factory, secret
+
+
+def test_embedded_mode_delivers_from_sqlite(tmp_path, receiver):
+    """The same outbox and loop on the embedded stack (SQLite: no row locks, one writer)."""
+    from worker.webhooks import deliver_due
+
+    settings, factory, secret = _embedded_cancelled_job(tmp_path, "embedded", receiver.url)
     report = deliver_due(factory, settings)
     assert len(report.delivered) == 1 and report.retried == []
     assert (
@@ -282,8 +290,6 @@ def test_delivery_connects_to_the_address_that_was_checked(tmp_path, receiver, m
     import types
     from urllib.parse import urlsplit
 
-    from service.db.session import make_session_factory
-    from service.settings import Settings
     from service.storage import remote
     from worker.webhooks import deliver_due
 
@@ -296,27 +302,9 @@ def test_delivery_connects_to_the_address_that_was_checked(tmp_path, receiver, m
     monkeypatch.setattr(
         remote, "socket", types.SimpleNamespace(**{**vars(socket), "getaddrinfo": checked_resolution})
     )
-    settings = Settings(
-        data_dir=tmp_path, callback_url_schemes=["http"], allow_private_addresses=True, webhook_timeout_s=2
+    settings, factory, _ = _embedded_cancelled_job(
+        tmp_path, "pinned", f"http://hooks.pxp.invalid:{port}/hook"
     )
-    upgrade(settings.db_url)
-    factory = make_session_factory(settings)
-    url = f"http://hooks.pxp.invalid:{port}/hook"
-    with factory() as s:
-        key, _ = repo.create_api_key(s, "pinned")
-        job = repo.create_job(
-            s,
-            key.tenant_id,
-            SPEC,
-            model_id=None,
-            dataset_id=None,
-            idempotency_key=None,
-            request_hash=None,
-            callback_url=url,
-        )
-        s.commit()
-        repo.request_cancel(s, job)
-        s.commit()
     report = deliver_due(factory, settings)
     assert len(report.delivered) == 1, report
     assert receiver.requests[0].headers["host"] == f"hooks.pxp.invalid:{port}"
