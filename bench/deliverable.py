@@ -42,6 +42,7 @@ from pxp.models import build_model
 from pxp.pruning.cost import count_cost, removed_fractions
 from pxp.pruning.coupling import component_graph, rank_with_cost
 from pxp.pruning.curve import accuracy
+from pxp.pruning.hardware import channel_block
 from pxp.pruning.latency import measure_latency
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.pruning.recovery import Recovery
@@ -58,6 +59,8 @@ class Method:
     coupled: bool = False
     beta: float = 0.0
     refine: bool = False
+    #: Channel rounding (``PruneSpec.round_to``); 0 = the device's block (what ``pxp compress`` uses).
+    round_to: int = 1
 
 
 @dataclass
@@ -93,6 +96,22 @@ def cnn_methods(beta: float) -> list[Method]:
             refine=True,
         ),
         Method("uncoupled + least_squares", ("least_squares", "bn_reestimate"), beta=beta, refine=True),
+        Method(
+            "+ round_to (pxp compress default)",
+            ("least_squares", "bn_reestimate"),
+            coupled=True,
+            beta=beta,
+            refine=True,
+            round_to=0,
+        ),
+        Method(
+            "+ round_to 8",
+            ("least_squares", "bn_reestimate"),
+            coupled=True,
+            beta=beta,
+            refine=True,
+            round_to=8,
+        ),
     ]
 
 
@@ -161,13 +180,14 @@ def run_method(
     x_ref, _ = data["reference"]
     x_search, y_search = data["search"]
     x_test, y_test = data["test"]
+    round_to = method.round_to or channel_block(torch.device("cpu"))
     if method.coupled or method.beta:
         graph = component_graph(prepared, family, layers, x_ref[:1])  # type: ignore[arg-type]
         order: PruneOrder = rank_with_cost(
-            layers, scores, graph, coupled=method.coupled, cost_exponent=method.beta
+            layers, scores, graph, coupled=method.coupled, cost_exponent=method.beta, round_to=round_to
         )
     else:
-        order = rank(layers, scores)
+        order = rank(layers, scores, round_to=round_to)
     recovery = Recovery(prepared, family, layers, x_ref, list(method.recovery))  # type: ignore[arg-type]
 
     def evaluate(rate: float) -> float:
@@ -175,10 +195,11 @@ def run_method(
             return accuracy(m, x_search, y_search)
 
     base = accuracy(prepared, x_search, y_search)
-    rate, evaluations = safe_point(
+    nominal, evaluations = safe_point(
         evaluate, base, args.max_drop, args.refine_steps if method.refine else 0, order.total
     )
-    keep = order.keep_masks(rate)
+    rate = order.achieved_rate(nominal)
+    keep = order.keep_masks(nominal)
     source = recovery.recovered_model(keep) if recovery.enabled else prepared
     removal = remove_pruned(source, family, layers, keep, x_ref[:32])  # type: ignore[arg-type]
     shape = tuple(x_test.shape[1:])

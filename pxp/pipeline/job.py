@@ -158,6 +158,7 @@ def run(
             "criterion": chosen_label,
             "rate": chosen_rate,
             "achieved_rate": chosen_order.achieved_rate(chosen_rate),
+            "round_to": chosen_order.round_to,
             "kept_indices": kept_indices,
         },
     )
@@ -219,6 +220,8 @@ def run(
         curves=curves,
         chosen_label=chosen_label,
         chosen_rate=chosen_rate,
+        achieved_rate=chosen_order.achieved_rate(chosen_rate),
+        round_to=chosen_order.round_to,
         rate_refinement=rate_refinement,
         budget=budget_record,
         search=search_result,

@@ -16,6 +16,7 @@ from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
 from pxp.pipeline.sanity import BaselineCheck, Preprocessing, check_baseline
 from pxp.pruning.evaluate import CurveMethod, make_planner
+from pxp.pruning.hardware import channel_block
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.pruning.removal.plan import Planner
 from pxp.spec import JobSpec
@@ -83,6 +84,13 @@ class JobState:
     #: The sanity gate's measurement; ``passed`` is False only under ``allow_low_accuracy``.
     baseline: BaselineCheck | None = None
 
+    def round_to(self) -> int:
+        """The channel rounding of this job's orders (``"auto"`` resolved for its device; 1 for heads)."""
+        value = self.spec.prune.round_to
+        if any(layer.kind == "heads" for layer in self.layers):
+            return 1
+        return channel_block(self.device) if value == "auto" else value
+
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""
         prune = self.spec.prune
@@ -97,12 +105,14 @@ class JobState:
                 cost_exponent=prune.cost_exponent,
                 normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
                 min_keep=prune.min_keep,
+                round_to=self.round_to(),
             )
         return rank(
             self.layers,
             scores,
             normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
             min_keep=prune.min_keep,
+            round_to=self.round_to(),
         )
 
     def component_graph(self) -> ComponentGraph:
