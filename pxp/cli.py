@@ -113,6 +113,12 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         default="apr",
         help="budget: the ranking / recovery option removing the most MACs within --target-drop (runs a search)",
     )
+    p.add_argument(
+        "--budget-metric",
+        choices=["latency", "macs"],
+        default="latency",
+        help="what --objective budget maximises: the speed-up measured on this device (default) or MACs removed",
+    )
     p.add_argument("--no-latency", action="store_true", help="do not time original vs compressed at export")
     p.add_argument("--search-trials", type=int, help="tune the LRP composite with this many Optuna trials")
     p.add_argument("--search-timeout", type=float, help="wall-clock budget for the search, seconds")
@@ -160,6 +166,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         default_trials = 30 if args.objective == "apr" or args.search_timeout is not None else 1
         search = SearchSpec(
             objective=args.objective,
+            budget_metric=args.budget_metric,
             trials=args.search_trials or default_trials,
             timeout_s=args.search_timeout,
             storage=args.study_storage,

@@ -16,7 +16,7 @@ from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
 from pxp.pipeline.sanity import BaselineCheck, Preprocessing, check_baseline
 from pxp.pruning.evaluate import CurveMethod, make_planner
-from pxp.pruning.hardware import channel_block
+from pxp.pruning.hardware import resolve_round_to
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.pruning.removal.plan import Planner
 from pxp.spec import JobSpec
@@ -86,10 +86,7 @@ class JobState:
 
     def round_to(self) -> int:
         """The channel rounding of this job's orders (``"auto"`` resolved for its device; 1 for heads)."""
-        value = self.spec.prune.round_to
-        if any(layer.kind == "heads" for layer in self.layers):
-            return 1
-        return channel_block(self.device) if value == "auto" else value
+        return resolve_round_to(self.spec.prune.round_to, self.layers, self.device)
 
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""

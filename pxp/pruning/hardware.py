@@ -10,7 +10,11 @@ nothing. ``bench/deliverable.py`` measures what rounding to this block gives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from pxp.components import PrunableLayer
 
 #: fp32 lanes per vector register by what ``torch.backends.cpu.get_cpu_capability()`` reports.
 _CPU_BLOCKS = {"AVX512": 16, "AVX2": 8}
@@ -23,3 +27,18 @@ def channel_block(device: torch.device) -> int:
     if device.type == "cpu":
         return _CPU_BLOCKS.get(torch.backends.cpu.get_cpu_capability(), 8)
     return 1
+
+
+def resolve_round_to(value: int | str, layers: Sequence[PrunableLayer], device: torch.device) -> int:
+    """``PruneSpec.round_to`` as a number: ``"auto"`` is :func:`channel_block`; heads are never rounded.
+
+    A head is already a block of ``head_dim`` channels, and a ViT has few of them
+    per block, so rounding head counts would only forbid pruning them.
+    """
+    if any(layer.kind == "heads" for layer in layers):
+        return 1
+    if value == "auto":
+        return channel_block(device)
+    if not isinstance(value, int):
+        raise ValueError(f"round_to must be 'auto' or a positive integer, got {value!r}")
+    return value
