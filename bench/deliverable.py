@@ -210,6 +210,8 @@ def run_method(
     shape = tuple(x_test.shape[1:])
     fractions = removed_fractions(count_cost(model, shape), count_cost(removal.model, shape))
     unpruned = accuracy(model, x_test, y_test)
+    if args.per_layer:
+        print_layer_latency(method.name, model, removal.model, shape)
     return Outcome(
         rate=rate,
         test_drop=unpruned - accuracy(removal.model, x_test, y_test),
@@ -220,6 +222,51 @@ def run_method(
         seconds=time.perf_counter() - started,
         evaluations=evaluations,
     )
+
+
+def conv_latency(model: nn.Module, shape: tuple[int, ...], runs: int = 15) -> dict[str, float]:
+    """Fastest time (ms, batch 32) of every Conv2d inside a whole forward pass, by module name."""
+    times: dict[str, list[float]] = defaultdict(list)
+    names = {module: name for name, module in model.named_modules()}
+    started: dict[nn.Module, float] = {}
+
+    def pre(module: nn.Module, _inputs: tuple) -> None:
+        started[module] = time.perf_counter()
+
+    def post(module: nn.Module, _inputs: tuple, _output: torch.Tensor) -> None:
+        times[names[module]].append(time.perf_counter() - started[module])
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    x = torch.randn((32, *shape), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.inference_mode():
+            for _ in range(runs):
+                model.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: 1e3 * min(ts[2:]) for name, ts in times.items()}
+
+
+def print_layer_latency(
+    title: str, original: nn.Module, compressed: nn.Module, shape: tuple[int, ...]
+) -> None:
+    """Per conv: widths and fastest batch-32 time before and after, to see where the time stays."""
+    before, after = conv_latency(original, shape), conv_latency(compressed, shape)
+    print(f"\n{title}: per-conv latency, batch 32, fastest of 13 runs\n")
+    print("| conv | in→out before | in→out after | ms before | ms after |")
+    print("|---|---|---|---|---|")
+    for name in before:
+        a, b = original.get_submodule(name), compressed.get_submodule(name)
+        assert isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d)
+        print(
+            f"| {name} | {a.in_channels}→{a.out_channels} | {b.in_channels}→{b.out_channels} "
+            f"| {before[name]:.2f} | {after[name]:.2f} |"
+        )
+    print(f"| total | | | {sum(before.values()):.2f} | {sum(after.values()):.2f} |\n", flush=True)
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -338,6 +385,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="at least this many timed runs per model")
     parser.add_argument("--latency-budget", type=float, default=3.0, help="seconds of timing per model pair")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--per-layer", action="store_true", help="print every conv's latency before/after")
     parser.add_argument(
         "--stat",
         choices=["median", "min"],

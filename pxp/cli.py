@@ -119,6 +119,12 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         default="latency",
         help="what --objective budget maximises: the speed-up measured on this device (default) or MACs removed",
     )
+    p.add_argument(
+        "--pareto",
+        type=_floats_arg,
+        help="also export one checkpoint per accuracy drop, comma list of fractions (e.g. 0.005,0.01,0.02,0.05), "
+        "into OUT/pareto/ with pareto.png",
+    )
     p.add_argument("--no-latency", action="store_true", help="do not time original vs compressed at export")
     p.add_argument("--search-trials", type=int, help="tune the LRP composite with this many Optuna trials")
     p.add_argument("--search-timeout", type=float, help="wall-clock budget for the search, seconds")
@@ -198,6 +204,7 @@ def build_spec(args: argparse.Namespace) -> Any:
             enabled=not args.no_export,
             formats=["safetensors", *args.export],
             measure_latency=not args.no_latency,
+            pareto_drops=list(args.pareto or ()),
         ),
         baseline=BaselineSpec(
             allow_low_accuracy=args.allow_low_accuracy, min_unpruned_accuracy=args.min_unpruned_accuracy
@@ -251,6 +258,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     print(f"\nchosen: {result.chosen_label} at rate {result.chosen_rate:.2f}")
     if result.compression:
         print(json.dumps(result.compression, indent=2))
+    for point in result.pareto or []:
+        speed = point["speedup"].get("32")
+        print(
+            f"pareto ≤{100 * point['max_accuracy_drop']:g} pt: rate {point['rate']:.3f}, test drop "
+            f"{100 * point['accuracy_drop']:.1f} pt, MACs -{100 * point['macs_removed']:.1f}%"
+            + (f", {speed:.2f}x at batch 32" if speed else "")
+            + f" -> {point['directory']}"
+        )
     for name, file in sorted(result.artifacts.items()):
         print(f"{name:>14}: {args.out / file}")
     return 0

@@ -263,6 +263,17 @@ class ExportSpec(_Strict):
     formats: list[ExportFormat] = Field(default_factory=_default_formats)
     enabled: bool = True
     measure_latency: bool = True
+    #: Also export one checkpoint per accuracy drop (fractions, e.g. ``[0.005, 0.01, 0.02, 0.05]``),
+    #: each at its own safe rate of the same ranking, with ``pareto.png`` (accuracy × measured
+    #: speed-up); :mod:`pxp.pipeline.pareto`. Empty: only the main export.
+    pareto_drops: list[float] = Field(default_factory=list, max_length=8)
+
+    @field_validator("pareto_drops")
+    @classmethod
+    def _check_drops(cls, value: list[float]) -> list[float]:
+        if any(not (0.0 < d < 1.0) for d in value):
+            raise ValueError("every pareto drop must be a fraction in (0, 1), e.g. 0.01 for one point")
+        return sorted(set(value))
 
 
 class ExplainSpec(_Strict):
@@ -374,4 +385,6 @@ class JobResult(BaseModel):
     budget: dict[str, Any] | None = None
     search: SearchResult | None = None
     compression: dict[str, Any] | None = None
+    #: With ``export.pareto_drops``: per drop, the exported point (rate, test accuracy, MACs, speed-up, files).
+    pareto: list[dict[str, Any]] | None = None
     artifacts: dict[str, str] = Field(default_factory=dict)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from pxp.pipeline.budget import choose_budget, refined_rate
+from pxp.pipeline.pareto import export_pareto
 from pxp.pipeline.curves import curve
 from pxp.pipeline.explain import write_explanations
 from pxp.pipeline.export import export_job
@@ -202,6 +203,12 @@ def run(
                 "flops_removed_fraction": exported.flops_removed_fraction,
             }
         )
+    pareto = None
+    if spec.export.enabled and spec.export.pareto_drops:
+        report("export", 1, message=f"pareto bundle: {len(spec.export.pareto_drops)} checkpoints")
+        unpruned = next(c.unpruned_accuracy for c in curves if c.label == chosen_label and c.split == "test")
+        pareto, pareto_artifacts = export_pareto(state, chosen_label, chosen_order, out_dir, unpruned, store)
+        artifacts.update(pareto_artifacts)
 
     artifacts["curves_png"] = "curves.png"
     artifacts["results"] = "results.json"
@@ -226,6 +233,7 @@ def run(
         budget=budget_record,
         search=search_result,
         compression=compression,
+        pareto=pareto,
         artifacts=artifacts,
     )
     write_plot(job_result, out_dir / "curves.png")

@@ -298,6 +298,41 @@ def test_channel_rounding_exports_widths_that_are_multiples(tmp_path: Path) -> N
     assert pruned and all(w % 4 == 0 for w in pruned.values()), pruned
 
 
+def test_pareto_bundle_exports_one_reloadable_checkpoint_per_drop(tmp_path: Path) -> None:
+    from pxp.models.compressed import load_compressed
+    from pxp.spec import ExplainSpec
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="weight")],
+        prune=PruneSpec(rates=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], refine_steps=2),
+        export=ExportSpec(pareto_drops=[0.3, 0.01], measure_latency=False),
+        explain=ExplainSpec(enabled=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    points = result.pareto
+    assert points is not None and [p["max_accuracy_drop"] for p in points] == [0.01, 0.3]
+    rates = [p["rate"] for p in points]
+    assert rates == sorted(rates) and rates[-1] > rates[0]  # a looser drop allows at least as much pruning
+    x, y = pipeline.build_state(spec, pipeline.silent()).test
+    for point in points:
+        model = load_compressed(tmp_path / point["directory"])
+        assert accuracy(model, x, y) == pytest.approx(point["test_accuracy"])
+        assert f"pareto_{point['directory'].split('_')[-1]}_weights" in result.artifacts
+    # The main export is the 1-point drop's point: the same ranking, the same search-split rule.
+    assert result.chosen_rate == points[0]["rate"]
+    assert (tmp_path / result.artifacts["pareto_png"]).stat().st_size > 1000
+    for rel in result.artifacts.values():
+        assert (tmp_path / rel).is_file()
+
+
+@pytest.mark.parametrize("drops", [[0.0], [1.0], [-0.01]])
+def test_pareto_drops_must_be_fractions(drops: list[float]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="pareto"):
+        ExportSpec(pareto_drops=drops)
+
+
 @pytest.mark.parametrize("name", ["meta", "cuda:99"])
 def test_devices_that_cannot_run_a_job_are_user_errors(name):
     import torch
