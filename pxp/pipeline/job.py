@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from pxp.pipeline.budget import choose_budget, refined_rate
-from pxp.pipeline.pareto import export_pareto
 from pxp.pipeline.curves import curve
 from pxp.pipeline.explain import write_explanations
 from pxp.pipeline.export import export_job
+from pxp.pipeline.pareto import export_pareto
 from pxp.pipeline.provenance import PROVENANCE_NAME, build_provenance
 from pxp.pipeline.reporter import ProgressCallback, Reporter
 from pxp.pipeline.sanity import no_safe_rate_unless_baseline_passed

@@ -92,13 +92,13 @@ def write_pareto_plot(points: list[dict[str, Any]], unpruned: float, path: Path)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     measured = all("32" in p["speedup"] for p in points)
-    xs = [
-        p["speedup"]["32"] if measured else 1.0 / max(1e-9, 1.0 - p["macs_removed"]) for p in points
-    ]
+    xs = [p["speedup"]["32"] if measured else 1.0 / max(1e-9, 1.0 - p["macs_removed"]) for p in points]
     ys = [p["test_accuracy"] for p in points]
     ax.plot([1.0, *xs], [unpruned, *ys], marker="o")
     for x, y, p in zip(xs, ys, points, strict=True):
-        ax.annotate(f"≤{100 * p['max_accuracy_drop']:g} pt", (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.annotate(
+            f"≤{100 * p['max_accuracy_drop']:g} pt", (x, y), textcoords="offset points", xytext=(4, 4)
+        )
     ax.set_xlabel("measured speed-up, batch 32" if measured else "MACs-ideal speed-up")
     ax.set_ylabel("top-1 accuracy (test split)")
     ax.set_title("exported checkpoints: accuracy vs speed-up")
