@@ -113,7 +113,7 @@ def _speedup(original: nn.Module, compressed: nn.Module, x: torch.Tensor, repeat
 
 def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespace) -> dict[str, str]:
     loaded = build_model(ModelSpec(architecture=name, kwargs={**kwargs, "num_classes": 10}))
-    lrp_ok = loaded.info.family == "vit" or not lrp_blockers(loaded.model)
+    lrp_ok = not lrp_blockers(loaded.model, loaded.info.family)
     cells: dict[str, str] = {}
     criteria = [c for c in CRITERIA if c != "lrp" or lrp_ok]
     with tempfile.TemporaryDirectory() as tmp:
