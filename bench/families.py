@@ -31,7 +31,7 @@ from torch import nn
 from pxp import pipeline
 from pxp.attribution.support import lrp_blockers, removal_blocker
 from pxp.errors import PxpError
-from pxp.models import build_model
+from pxp.models import build_model, get_architecture
 from pxp.models.compressed import load_compressed
 from pxp.spec import (
     CRITERIA,
@@ -67,8 +67,9 @@ DEFAULT_MODELS: list[tuple[str, dict, str | None]] = [
     # ConvNeXt / Swin / EVA: MLP neurons (the default components of these models).
     ("convnext_tiny", {}, None),
     ("swin_t", {}, None),
-    ("timm/swin_tiny_patch4_window7_224", {"img_size": 32}, None),
-    ("timm/eva02_tiny_patch14_224", {"img_size": 32}, None),
+    # timm models get img_size = --image-size.
+    ("timm/swin_tiny_patch4_window7_224", {}, None),
+    ("timm/eva02_tiny_patch14_224", {}, None),
     ("resnet18", {}, None),
     ("mobilenet_v3_large", {}, None),
     ("efficientnet_v2_s", {}, None),
@@ -118,6 +119,9 @@ def _speedup(original: nn.Module, compressed: nn.Module, x: torch.Tensor, repeat
 
 
 def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespace) -> dict[str, str]:
+    size_kwarg = get_architecture(name).image_size_kwarg
+    if size_kwarg and size_kwarg not in kwargs:
+        kwargs = {**kwargs, size_kwarg: args.image_size}
     loaded = build_model(ModelSpec(architecture=name, kwargs={**kwargs, "num_classes": 10}))
     lrp_ok = not lrp_blockers(loaded.model, loaded.info.family)
     cells: dict[str, str] = {}

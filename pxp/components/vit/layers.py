@@ -155,7 +155,8 @@ def weight_norms(model: nn.Module, layer: PrunableLayer) -> torch.Tensor:
     """L1 norm of the weights producing each component (biases excluded, as for conv filters).
 
     A head's weights are its rows of the q, k and v projections; a neuron's (or fc2
-    output's) weights are its row of fc1 (fc2).
+    output's) weights are its row of fc1 (fc2). In ConvNeXt / Swin / EVA MLPs a neuron's
+    weights are its rows of every projection producing it (SwiGLU: gate and value).
     """
     if not is_explicit(model) and is_mlp_model(model):
         if layer.kind != "neurons":
