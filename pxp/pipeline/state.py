@@ -146,8 +146,8 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     info = loaded.info
     family: Family = info.family
     device = resolve_device(spec.device)
-    if family == "cnn" and (spec.search is not None or any(c.criterion == "lrp" for c in spec.criteria)):
-        require_lrp_support(loaded.model, spec.model.architecture)
+    if spec.search is not None or any(c.criterion == "lrp" for c in spec.criteria):
+        require_lrp_support(loaded.model, spec.model.architecture, family)
     blocker = removal_blocker(loaded.model) if spec.export.enabled else None
     if blocker is not None:
         raise UnsupportedArchitectureError(
@@ -172,7 +172,7 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     mean = tuple(spec.data.mean or info.mean)
     std = tuple(spec.data.std or info.std)
     prepared = prepare_model(loaded.model, family).to(device)
-    kind = spec.prune.components or default_kind(family)
+    kind = spec.prune.components or default_kind(family, prepared)
     layers = find_layers(prepared, family, kind, spec.prune.exclude)
     report("data", 1, message=f"{len(layers)} prunable layers, {sum(x.size for x in layers)} {kind}")
     preprocessing = Preprocessing(

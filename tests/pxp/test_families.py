@@ -16,7 +16,7 @@ from pxp import pipeline
 from pxp.attribution.support import NON_LRP_CRITERIA
 from pxp.components import find_layers, prepare_model
 from pxp.errors import UnsupportedArchitectureError
-from pxp.models import build_model, get_architecture
+from pxp.models import build_model
 from pxp.models.compressed import load_compressed
 from pxp.pruning.curve import accuracy
 from pxp.spec import (
@@ -86,11 +86,6 @@ def test_grouped_convs_run_the_criteria_but_refuse_export_early(tmp_path: Path) 
         pipeline.build_state(_spec("regnet_x_400mf"), pipeline.silent())
     result = pipeline.run(_spec("regnet_x_400mf", ("weight", "gradient"), export=False), tmp_path)
     assert [c.label for c in result.curves] == ["weight", "gradient"]
-
-
-def test_convnext_is_refused_by_name_with_the_reason() -> None:
-    with pytest.raises(UnsupportedArchitectureError, match="LayerNorm over channels"):
-        get_architecture("convnext_tiny")
 
 
 def test_squeeze_excitation_gates_are_not_prunable_filters() -> None:
