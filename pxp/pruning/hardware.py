@@ -2,10 +2,11 @@
 
 A conv or matrix product runs over output channels in blocks of one vector
 register (CPU) or one tensor-core tile (CUDA); a partly filled block costs as
-much as a full one. Measured on this project's AVX-512 CPU (torch 2.14.1, batch
-32, 3×3 conv at 16×16, one thread): every channel count from 49 to 64 took the
-same 4.6–4.8 ms and 33–48 took 2.7–3.1 ms, so pruning 64 channels to 50 saves
-nothing. ``bench/deliverable.py`` measures what rounding to this block gives.
+much as a full one. Measured on this project's AVX-512 CPU
+(``bench/channel_blocks.py``: torch 2.14.1, batch 32, 3×3 conv at 16×16, one
+thread): every channel count from 49 to 64 took 4.4–4.8 ms and 41–48 took
+2.7–2.9 ms, so pruning 64 channels to 50 saves nothing. ``bench/deliverable.py``
+measures what rounding to this block gives (docs/deliverable.md).
 """
 
 from __future__ import annotations
