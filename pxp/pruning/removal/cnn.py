@@ -15,6 +15,16 @@ which is exactly what masking does. Decoupled channels (``conv1`` / ``conv2``
 inside blocks, every conv of a VGG) are always removed.
 :attr:`RemovalPlan.removed` / :attr:`RemovalPlan.zeroed` report the split.
 
+Depthwise-separable blocks couple the same way: a depthwise conv's channel ``c``
+reads only channel ``c`` of the conv that feeds it (an inverted residual's 1×1
+expansion, or the stem), so the expansion conv + BN, the depthwise conv + BN and
+the next 1×1 projection's input slice are one group with two producers; it is
+removed when both pruned it (ranked as one group, ``coupled=True``). A
+squeeze-excitation block on those channels follows the group: its reduce conv's
+input slice and its expand (gate) conv's output row are sliced, since the gate
+only multiplies a channel that is then zero. The gate conv is not a prunable layer
+(:mod:`pxp.components.gates`) and does not pin the channel.
+
 Torch-Pruning is used only to *find* the groups and the index mapping (also
 across ``flatten`` into the first Linear); slicing is ours
 (:mod:`pxp.pruning.removal.plan`), so the removed model and the fast curve sweep
@@ -62,6 +72,10 @@ class ChannelGroup:
     blocked: str | None
 
 
+def _depthwise(module: nn.Conv2d) -> bool:
+    return module.groups == module.in_channels == module.out_channels
+
+
 def _dim_size(module: nn.Module, role: str) -> int:
     if isinstance(module, nn.Conv2d):
         return module.out_channels if role == "out" else module.in_channels
@@ -77,13 +91,17 @@ class CnnChannelGraph:
     def __init__(self, prepared: nn.Module, layers: list[PrunableLayer], example: torch.Tensor) -> None:
         self.layers = list(layers)
         self._sizes: dict[tuple[str, str], int] = {}
+        self._gates: set[str] = set()
         self.groups = self._analyse(prepared, example)
 
     def _analyse(self, prepared: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
         import torch_pruning as tp
 
+        from pxp.components.gates import gate_convs
+
         names = {module: name for name, module in prepared.named_modules()}
         producers = {layer.producer: layer for layer in self.layers}
+        self._gates = gate_convs(prepared)
         x = example[:1].detach().clone().to(next(prepared.parameters()).device).requires_grad_(True)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
@@ -124,7 +142,9 @@ class CnnChannelGraph:
                     blocked = blocked or f"channels reach a {kind.strip('_')}"
                 continue
             role = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            if not isinstance(module, SLICEABLE) or (isinstance(module, nn.Conv2d) and module.groups != 1):
+            if not isinstance(module, SLICEABLE) or (
+                isinstance(module, nn.Conv2d) and module.groups != 1 and not _depthwise(module)
+            ):
                 blocked = (
                     blocked or f"channels reach {name} ({type(module).__name__}), which cannot be sliced"
                 )
@@ -133,8 +153,12 @@ class CnnChannelGraph:
             targets.append(_Target(name, role, idx, root))
             if role == "out" and isinstance(module, nn.Conv2d | nn.Linear):
                 layer = producers.get(name)
-                if layer is None:
+                if layer is None and name not in self._gates:
                     pinned[root] = True
+                elif layer is None:
+                    # A squeeze-excitation gate multiplies the channel: once the channel is zero
+                    # (all its producers pruned), the gate's row for it is dead and is sliced along.
+                    continue
                 else:
                     of = torch.full((layer.size,), -1, dtype=torch.long)
                     of[idx] = root
