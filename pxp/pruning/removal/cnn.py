@@ -70,10 +70,52 @@ class ChannelGroup:
     pinned: torch.Tensor
     #: Why no channel of the group can be removed, if so.
     blocked: str | None
+    #: Per root channel, the unit it is removed with (the smallest root of the unit). A unit is one
+    #: channel, except where the group feeds or is produced by a grouped (non-depthwise) conv: there
+    #: the same local index of every conv group goes together, so all groups keep equal width.
+    units: torch.Tensor
 
 
 def _depthwise(module: nn.Conv2d) -> bool:
     return module.groups == module.in_channels == module.out_channels
+
+
+def _stripes(
+    module: nn.Conv2d, role: str, idx: torch.Tensor, root: torch.Tensor
+) -> list[torch.Tensor] | None:
+    """Root channels tied by a grouped conv: per local index, the roots at that index in every conv group.
+
+    None when ``idx`` does not cover whole stripes (some conv groups' channels lie outside this group).
+    """
+    size = module.out_channels if role == "out" else module.in_channels
+    per = size // module.groups
+    local = idx % per
+    stripes = []
+    for j in local.unique().tolist():
+        at = local == j
+        if int(at.sum()) != module.groups:
+            return None
+        stripes.append(root[at])
+    return stripes
+
+
+def _units(size: int, ties: list[torch.Tensor]) -> torch.Tensor:
+    """Union of the tied root channels: per root, the smallest root of its unit."""
+    parent = list(range(size))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for tie in ties:
+        roots = tie.tolist()
+        for other in roots[1:]:
+            a, b = find(roots[0]), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return torch.tensor([find(i) for i in range(size)], dtype=torch.long)
 
 
 def _dim_size(module: nn.Module, role: str) -> int:
@@ -131,6 +173,7 @@ class CnnChannelGraph:
         members: list[tuple[str, torch.Tensor]] = []
         pinned = torch.zeros(size, dtype=torch.bool)
         blocked: str | None = None
+        ties: list[torch.Tensor] = []
         for item in group:
             module = item.dep.target.module
             idx = torch.as_tensor(list(item.idxs), dtype=torch.long)
@@ -142,13 +185,19 @@ class CnnChannelGraph:
                     blocked = blocked or f"channels reach a {kind.strip('_')}"
                 continue
             role = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            if not isinstance(module, SLICEABLE) or (
-                isinstance(module, nn.Conv2d) and module.groups != 1 and not _depthwise(module)
-            ):
+            if not isinstance(module, SLICEABLE):
                 blocked = (
                     blocked or f"channels reach {name} ({type(module).__name__}), which cannot be sliced"
                 )
                 continue
+            if isinstance(module, nn.Conv2d) and module.groups != 1 and not _depthwise(module):
+                stripes = _stripes(module, role, idx, root)
+                if stripes is None:
+                    blocked = blocked or (
+                        f"channels reach {name} (groups={module.groups}) in only part of its conv groups"
+                    )
+                    continue
+                ties.extend(stripes)
             self._sizes[(name, role)] = _dim_size(module, role)
             targets.append(_Target(name, role, idx, root))
             if role == "out" and isinstance(module, nn.Conv2d | nn.Linear):
@@ -163,7 +212,7 @@ class CnnChannelGraph:
                     of = torch.full((layer.size,), -1, dtype=torch.long)
                     of[idx] = root
                     members.append((layer.name, of))
-        return ChannelGroup(size, tuple(targets), tuple(members), pinned, blocked)
+        return ChannelGroup(size, tuple(targets), tuple(members), pinned, blocked, _units(size, ties))
 
     def plan(self, keep: dict[str, torch.Tensor]) -> RemovalPlan:
         """Physically remove every channel whose whole group pruned it; zero the other pruned ones."""
@@ -189,6 +238,10 @@ class CnnChannelGraph:
                 removable[root_of[mask]] = False
                 covered[root_of] = True
             removable &= covered
+            # A unit goes only when every root channel in it can go.
+            units = group.units
+            blocking = torch.zeros(group.size, dtype=torch.long).index_add_(0, units, (~removable).long())
+            removable &= blocking[units] == 0
             if not bool(removable.any()):
                 continue
             for layer_name, root_of in group.members:

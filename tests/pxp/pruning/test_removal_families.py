@@ -27,8 +27,12 @@ from tests.pxp.pruning.test_removal_cnn import randomize
 
 #: (registry architecture, kwargs, input size)
 FAMILIES: list[tuple[str, dict[str, Any], int]] = [
+    # Depthwise-separable, inverted residuals, squeeze-excitation (Hardswish / SiLU).
     ("mobilenet_v3_small", {}, 32),
     ("efficientnet_b0", {}, 32),
+    # Grouped (non-depthwise) 3×3 convs: RegNet group widths, and a tiny ResNeXt (4 groups of 8).
+    ("regnet_x_400mf", {}, 32),
+    ("ResNet", {"block": "bottleneck", "layers": [1, 1, 1, 1], "groups": 4, "width_per_group": 8}, 32),
 ]
 
 
@@ -38,7 +42,7 @@ def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return randomize(model, seed=1)
 
 
-@pytest.mark.parametrize(("name", "kwargs", "size"), FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize(("name", "kwargs", "size"), FAMILIES, ids=[f[0] for f in FAMILIES[:3]] + ["resnext"])
 def test_coupled_ranking_removes_what_it_prunes(
     name: str, kwargs: dict[str, Any], size: int, tmp_path: Path
 ) -> None:
@@ -81,3 +85,23 @@ def test_coupled_ranking_removes_what_it_prunes(
     reloaded = load_compressed(tmp_path)
     with torch.no_grad():
         assert torch.equal(reloaded(x), got)
+
+
+def test_grouped_conv_channels_go_a_whole_stripe_at_a_time() -> None:
+    """ResNeXt conv1 → grouped conv2 (4 groups of 8): channel j goes with j+8, j+16, j+24, or stays zeroed."""
+    prepared = prepare_model(_build("ResNet", FAMILIES[3][1]), "cnn")
+    layers = find_layers(prepared, "cnn")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    planner = removal_planner(prepared, "cnn", layers, x[:1])
+    keep = {layer.name: torch.ones(layer.size, dtype=torch.bool) for layer in layers}
+    keep["layer1.0.bn1"][[0, 8, 16]] = False
+    partial = remove_pruned(prepared, "cnn", layers, keep, x, planner=planner)
+    assert partial.plan.removed["layer1.0.bn1"] == [] and partial.plan.zeroed["layer1.0.bn1"] == [0, 8, 16]
+    assert partial.model.get_submodule("layer1.0.conv2").in_channels == 32
+
+    keep["layer1.0.bn1"][24] = False
+    whole = remove_pruned(prepared, "cnn", layers, keep, x, planner=planner)
+    assert whole.plan.removed["layer1.0.bn1"] == [0, 8, 16, 24] and whole.plan.zeroed["layer1.0.bn1"] == []
+    conv2 = whole.model.get_submodule("layer1.0.conv2")
+    assert isinstance(conv2, nn.Conv2d)
+    assert (conv2.in_channels, conv2.groups, tuple(conv2.weight.shape)) == (28, 4, (32, 7, 3, 3))
