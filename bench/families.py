@@ -11,7 +11,8 @@ to show how many pruned components that ranking removes and how many it only zer
 Export formats are tried one by one (safetensors, ONNX run by onnxruntime, TorchScript).
 MACs / params removed: measured on the exported model (CNN families: equal to the cost
 model's prediction). Speed-up: median CPU latency of the unpruned over the exported,
-reloaded model at batch ``--batch`` and ``--latency-size``², one thread, interleaved runs.
+reloaded model at batch ``--batch`` and ``--latency-size``², one thread, interleaved runs;
+A/A: the same measurement of the unpruned model against a copy of itself (the noise floor).
 
     .venv/bin/python bench/families.py
     .venv/bin/python bench/families.py --models mobilenet_v2 resnet18 --repeats 5
@@ -21,6 +22,7 @@ reloaded model at batch ``--batch`` and ``--latency-size``², one thread, interl
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -164,7 +166,7 @@ def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespac
             except Exception as exc:
                 print(f"  {name} {attempt}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
         if result is None or result.compression is None:
-            for key in ("removal", "formats", "macs", "params", "speedup"):
+            for key in ("removal", "formats", "macs", "params", "speedup", "noise"):
                 cells[key] = "—" if key != "removal" else "no"
             return cells
         comp = result.compression
@@ -177,6 +179,8 @@ def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespac
         size = args.image_size if loaded.info.family == "vit" else args.latency_size
         x = torch.randn(args.batch, channels, size, size)
         cells["speedup"] = f"{_speedup(loaded.model, compressed, x, args.repeats):.2f}×"
+        # The same measurement of the unpruned model against a copy of itself: the noise floor.
+        cells["noise"] = f"{_speedup(loaded.model, copy.deepcopy(loaded.model), x, args.repeats):.2f}×"
     return cells
 
 
@@ -225,6 +229,7 @@ def main() -> None:
         f"MACs removed @ {args.rate}",
         f"params removed @ {args.rate}",
         "CPU speed-up",
+        "A/A (noise)",
     ]
     print(f"| {' | '.join(header)} |")
     print(f"|{'|'.join('---' for _ in header)}|", flush=True)
@@ -240,6 +245,7 @@ def main() -> None:
             cells["macs"],
             cells["params"],
             cells["speedup"],
+            cells["noise"],
         ]
         print(f"| {' | '.join(row)} |", flush=True)
         print(f"  {name}: {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)

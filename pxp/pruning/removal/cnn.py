@@ -25,6 +25,15 @@ input slice and its expand (gate) conv's output row are sliced, since the gate
 only multiplies a channel that is then zero. The gate conv is not a prunable layer
 (:mod:`pxp.components.gates`) and does not pin the channel.
 
+Grouped (non-depthwise) convs (ResNeXt, RegNet group widths) must keep equal-width
+groups, so their channels are removed in *stripes*: local index ``j`` of every conv
+group at once (output channels ``j, j + w, j + 2w, ...`` for group width ``w``; the
+same for the input channels, i.e. the producer's rows feeding them). Each group
+records, per root channel, the unit it goes with (:attr:`ChannelGroup.units`); a
+unit is removed only when every channel in it can be, otherwise its pruned
+channels are zeroed. The grouped conv keeps its ``groups`` and loses the same
+positions in every group.
+
 Torch-Pruning is used only to *find* the groups and the index mapping (also
 across ``flatten`` into the first Linear); slicing is ours
 (:mod:`pxp.pruning.removal.plan`), so the removed model and the fast curve sweep
