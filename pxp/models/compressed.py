@@ -136,8 +136,9 @@ def _is_depthwise(module: nn.Conv2d) -> bool:
 def _resize_conv(module: nn.Conv2d, spec: dict[str, Any]) -> None:
     cin, cout = _int(spec, "in_channels"), _int(spec, "out_channels")
     if _is_depthwise(module):
-        # Depthwise (one filter per channel) stays depthwise at the new width.
-        if not cin == cout == spec.get("groups"):
+        # Depthwise (one filter per channel) stays depthwise at the new width (at width 1 the
+        # spec of the removed module records no groups: one group).
+        if not cin == cout == spec.get("groups", 1):
             raise InvalidModelError("a depthwise convolution must stay depthwise (in = out = groups)")
         _set(module, "weight", _fresh(module.weight, (cout, 1, *module.weight.shape[2:])))
         _set(module, "bias", _fresh(module.bias, (cout,)))

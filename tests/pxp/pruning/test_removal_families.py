@@ -105,3 +105,28 @@ def test_grouped_conv_channels_go_a_whole_stripe_at_a_time() -> None:
     conv2 = whole.model.get_submodule("layer1.0.conv2")
     assert isinstance(conv2, nn.Conv2d)
     assert (conv2.in_channels, conv2.groups, tuple(conv2.weight.shape)) == (28, 4, (32, 7, 3, 3))
+
+
+def test_depthwise_conv_cut_to_one_channel_exports_and_reloads(tmp_path: Path) -> None:
+    """A depthwise conv left with one channel (groups = 1) still reloads as the depthwise conv it was."""
+    prepared = prepare_model(_build("mobilenet_v3_small", {}), "cnn")
+    layers = find_layers(prepared, "cnn")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    keep = {layer.name: torch.ones(layer.size, dtype=torch.bool) for layer in layers}
+    for name in ("features.0.1", "features.1.block.0.1"):  # the stem and the depthwise conv it feeds
+        keep[name][1:] = False
+    result = remove_pruned(prepared, "cnn", layers, keep, x)
+    assert result.plan.removed["features.1.block.0.1"] == list(range(1, 16))
+    export_compressed(
+        tmp_path,
+        result,
+        x,
+        architecture="mobilenet_v3_small",
+        family="cnn",
+        kwargs={"num_classes": 10},
+        class_names=[],
+    )
+    reloaded = load_compressed(tmp_path)
+    assert reloaded.get_submodule("features.1.block.0.0").weight.shape == (1, 1, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), result.model(x))
