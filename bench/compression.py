@@ -205,9 +205,9 @@ def imagenet_rows(args) -> list[Row]:
                 u = float(torch.rand(1, generator=g))
                 for layer_name, i in group:
                     random_scores[layer_name][i] = u / len(group)
-            order = rank_with_cost(layers, random_scores, graph, coupled=True)
+            order = rank_with_cost(layers, random_scores, graph, coupled=True, round_to=args.round_to)
         else:
-            order = rank(layers, random_scores)
+            order = rank(layers, random_scores, round_to=args.round_to)
         planner = removal_planner(prepared, family, layers, x[:1])
         for rate in args.rates:
             row, _ = measure(
@@ -277,6 +277,9 @@ def main() -> None:
         "--coupled", action="store_true", help="ImageNet-scale CNNs: rank residual-coupled channels as groups"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--round-to", type=int, default=1, help="PruneSpec.round_to for the ImageNet-scale rankings (1: none)"
+    )
     args = parser.parse_args()
     args.zoo = [] if args.zoo == "none" else args.zoo.split(",")
     args.imagenet = [] if args.imagenet == "none" else args.imagenet.split(",")

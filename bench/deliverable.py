@@ -42,6 +42,7 @@ from pxp.models import build_model
 from pxp.pruning.cost import count_cost, removed_fractions
 from pxp.pruning.coupling import component_graph, rank_with_cost
 from pxp.pruning.curve import accuracy
+from pxp.pruning.hardware import resolve_round_to
 from pxp.pruning.latency import measure_latency
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.pruning.recovery import Recovery
@@ -58,6 +59,8 @@ class Method:
     coupled: bool = False
     beta: float = 0.0
     refine: bool = False
+    #: Channel rounding (``PruneSpec.round_to``); 0 = the device's block (what ``pxp compress`` uses).
+    round_to: int = 1
 
 
 @dataclass
@@ -93,12 +96,33 @@ def cnn_methods(beta: float) -> list[Method]:
             refine=True,
         ),
         Method("uncoupled + least_squares", ("least_squares", "bn_reestimate"), beta=beta, refine=True),
+        Method(
+            "+ round_to (pxp compress default)",
+            ("least_squares", "bn_reestimate"),
+            coupled=True,
+            beta=beta,
+            refine=True,
+            round_to=0,
+        ),
+        Method(
+            "+ round_to 8",
+            ("least_squares", "bn_reestimate"),
+            coupled=True,
+            beta=beta,
+            refine=True,
+            round_to=8,
+        ),
     ]
 
 
 def vit_methods() -> list[Method]:
     # BN re-estimation, coupling and β do nothing on a ViT (LayerNorm; heads / neurons cost the same per block).
-    return [Method("paper (grid rate)"), Method("+ refined rate", refine=True)]
+    # Rounding applies to neurons only (heads are never rounded), so on heads the last row equals the second.
+    return [
+        Method("paper (grid rate)"),
+        Method("+ refined rate", refine=True),
+        Method("+ round_to (pxp compress default)", refine=True, round_to=0),
+    ]
 
 
 def safe_point(
@@ -144,7 +168,7 @@ def speedup(
         max_repeats=max(args.repeats, 50),
         budget_s=args.latency_budget,
     )
-    return points[0].speedup
+    return points[0].min_speedup if args.stat == "min" else points[0].speedup
 
 
 def run_method(
@@ -161,13 +185,14 @@ def run_method(
     x_ref, _ = data["reference"]
     x_search, y_search = data["search"]
     x_test, y_test = data["test"]
+    round_to = resolve_round_to(method.round_to or "auto", layers, torch.device("cpu"))
     if method.coupled or method.beta:
         graph = component_graph(prepared, family, layers, x_ref[:1])  # type: ignore[arg-type]
         order: PruneOrder = rank_with_cost(
-            layers, scores, graph, coupled=method.coupled, cost_exponent=method.beta
+            layers, scores, graph, coupled=method.coupled, cost_exponent=method.beta, round_to=round_to
         )
     else:
-        order = rank(layers, scores)
+        order = rank(layers, scores, round_to=round_to)
     recovery = Recovery(prepared, family, layers, x_ref, list(method.recovery))  # type: ignore[arg-type]
 
     def evaluate(rate: float) -> float:
@@ -175,15 +200,18 @@ def run_method(
             return accuracy(m, x_search, y_search)
 
     base = accuracy(prepared, x_search, y_search)
-    rate, evaluations = safe_point(
+    nominal, evaluations = safe_point(
         evaluate, base, args.max_drop, args.refine_steps if method.refine else 0, order.total
     )
-    keep = order.keep_masks(rate)
+    rate = order.achieved_rate(nominal)
+    keep = order.keep_masks(nominal)
     source = recovery.recovered_model(keep) if recovery.enabled else prepared
     removal = remove_pruned(source, family, layers, keep, x_ref[:32])  # type: ignore[arg-type]
     shape = tuple(x_test.shape[1:])
     fractions = removed_fractions(count_cost(model, shape), count_cost(removal.model, shape))
     unpruned = accuracy(model, x_test, y_test)
+    if args.per_layer:
+        print_layer_latency(method.name, model, removal.model, shape)
     return Outcome(
         rate=rate,
         test_drop=unpruned - accuracy(removal.model, x_test, y_test),
@@ -194,6 +222,51 @@ def run_method(
         seconds=time.perf_counter() - started,
         evaluations=evaluations,
     )
+
+
+def conv_latency(model: nn.Module, shape: tuple[int, ...], runs: int = 15) -> dict[str, float]:
+    """Fastest time (ms, batch 32) of every Conv2d inside a whole forward pass, by module name."""
+    times: dict[str, list[float]] = defaultdict(list)
+    names = {module: name for name, module in model.named_modules()}
+    started: dict[nn.Module, float] = {}
+
+    def pre(module: nn.Module, _inputs: tuple) -> None:
+        started[module] = time.perf_counter()
+
+    def post(module: nn.Module, _inputs: tuple, _output: torch.Tensor) -> None:
+        times[names[module]].append(time.perf_counter() - started[module])
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    x = torch.randn((32, *shape), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.inference_mode():
+            for _ in range(runs):
+                model.eval()(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: 1e3 * min(ts[2:]) for name, ts in times.items()}
+
+
+def print_layer_latency(
+    title: str, original: nn.Module, compressed: nn.Module, shape: tuple[int, ...]
+) -> None:
+    """Per conv: widths and fastest batch-32 time before and after, to see where the time stays."""
+    before, after = conv_latency(original, shape), conv_latency(compressed, shape)
+    print(f"\n{title}: per-conv latency, batch 32, fastest of 13 runs\n")
+    print("| conv | in→out before | in→out after | ms before | ms after |")
+    print("|---|---|---|---|---|")
+    for name in before:
+        a, b = original.get_submodule(name), compressed.get_submodule(name)
+        assert isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d)
+        print(
+            f"| {name} | {a.in_channels}→{a.out_channels} | {b.in_channels}→{b.out_channels} "
+            f"| {before[name]:.2f} | {after[name]:.2f} |"
+        )
+    print(f"| total | | | {sum(before.values()):.2f} | {sum(after.values()):.2f} |\n", flush=True)
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -312,6 +385,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="at least this many timed runs per model")
     parser.add_argument("--latency-budget", type=float, default=3.0, help="seconds of timing per model pair")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--per-layer", action="store_true", help="print every conv's latency before/after")
+    parser.add_argument(
+        "--stat",
+        choices=["median", "min"],
+        default="median",
+        help="speed-up from median runs (the job's figure) or fastest runs (robust to a loaded machine)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]

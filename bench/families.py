@@ -17,6 +17,7 @@ A/A: the same measurement of the unpruned model against a copy of itself (the no
     .venv/bin/python bench/families.py
     .venv/bin/python bench/families.py --models mobilenet_v2 resnet18 --repeats 5
     .venv/bin/python bench/families.py --cnn --repeats 5   # the CNN rows only
+    .venv/bin/python bench/families.py --models convnext_tiny swin_t timm/eva02_tiny_patch14_224
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from torch import nn
 from pxp import pipeline
 from pxp.attribution.support import lrp_blockers
 from pxp.errors import PxpError
-from pxp.models import build_model
+from pxp.models import build_model, get_architecture
 from pxp.models.compressed import load_compressed
 from pxp.pipeline.scoring import score
 from pxp.spec import (
@@ -75,6 +76,12 @@ DEFAULT_MODELS: list[tuple[str, dict, str | None]] = [
         },
         "neurons",
     ),
+    # ConvNeXt / Swin / EVA: MLP neurons (the default components of these models).
+    ("convnext_tiny", {}, None),
+    ("swin_t", {}, None),
+    # timm models get img_size = --image-size.
+    ("timm/swin_tiny_patch4_window7_224", {}, None),
+    ("timm/eva02_tiny_patch14_224", {}, None),
     ("resnet18", {}, None),
     ("mobilenet_v3_large", {}, None),
     ("efficientnet_v2_s", {}, None),
@@ -131,8 +138,11 @@ def _speedup(original: nn.Module, compressed: nn.Module, x: torch.Tensor, repeat
 
 
 def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespace) -> dict[str, str]:
+    size_kwarg = get_architecture(name).image_size_kwarg
+    if size_kwarg and size_kwarg not in kwargs:
+        kwargs = {**kwargs, size_kwarg: args.image_size}
     loaded = build_model(ModelSpec(architecture=name, kwargs={**kwargs, "num_classes": 10}))
-    lrp_ok = loaded.info.family == "vit" or not lrp_blockers(loaded.model)
+    lrp_ok = not lrp_blockers(loaded.model, loaded.info.family)
     cells: dict[str, str] = {}
     criteria = [c for c in CRITERIA if c != "lrp" or lrp_ok]
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +186,8 @@ def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespac
         cells["params"] = f"{1 - comp['params_after'] / comp['params_before']:.0%}"
         compressed = load_compressed(export_dir)
         channels = loaded.info.input_channels
-        size = args.image_size if loaded.info.family == "vit" else args.latency_size
+        # Models built for one input size (ViTs, timm Swin / EVA: an image-size kwarg) run at it.
+        size = args.image_size if loaded.info.image_size_kwarg else args.latency_size
         x = torch.randn(args.batch, channels, size, size)
         cells["speedup"] = f"{_speedup(loaded.model, compressed, x, args.repeats):.2f}×"
         # The same measurement of the unpruned model against a copy of itself: the noise floor.
@@ -215,11 +226,10 @@ def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    models = DEFAULT_MODELS if not args.models else [(m, {}, None) for m in args.models]
+    known = {row[0]: row for row in DEFAULT_MODELS}
+    models = DEFAULT_MODELS if not args.models else [known.get(m, (m, {}, None)) for m in args.models]
     if args.cnn:
-        models = [
-            m for m in models if build_model(ModelSpec(architecture=m[0], kwargs=m[1])).info.family == "cnn"
-        ]
+        models = [m for m in models if get_architecture(m[0]).family == "cnn"]
     header = [
         "model",
         *CRITERIA,
@@ -252,7 +262,8 @@ def main() -> None:
     print(
         f"\nrandom weights, digits at {args.image_size}², rate {args.rate} (weight criterion; exported: "
         "coupled ranking), "
-        f"speed-up at batch {args.batch}, {args.latency_size}² (ViT: {args.image_size}²), 1 thread, "
+        f"speed-up at batch {args.batch}, {args.latency_size}² (fixed-size ViT / timm Swin / EVA: "
+        f"{args.image_size}²), 1 thread, "
         f"median of {args.repeats}; torch {torch.__version__}"
     )
 

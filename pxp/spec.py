@@ -185,6 +185,18 @@ class PruneSpec(_Strict):
     coupled: bool = False
     #: β in relevance / cost^β (cost: MACs saved by removing the component or group); 0 = the paper's ranking.
     cost_exponent: float = Field(0.0, ge=0.0, le=4.0)
+    #: Keep a multiple of this many channels in every layer (coupled group, with ``coupled``), so no
+    #: hardware block is left part-full: ``"auto"`` is the job device's block (16 on AVX-512 CPUs,
+    #: 8 on CUDA and other CPUs; :mod:`pxp.pruning.hardware`). 1 = the paper's masks. Not applied
+    #: to attention heads.
+    round_to: int | Literal["auto"] = 1
+
+    @field_validator("round_to")
+    @classmethod
+    def _check_round_to(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 1024:
+            raise ValueError("round_to must be 'auto' or an integer from 1 to 1024")
+        return value
 
     @field_validator("recovery")
     @classmethod
@@ -216,6 +228,11 @@ class SearchSpec(_Strict):
     """
 
     objective: Literal["apr", "budget"] = "apr"
+    #: What ``objective="budget"`` maximises within the drop: the MACs the cost model says each
+    #: option's removal saves (exact, deterministic), or the speed-up of each option's removed
+    #: model measured on the job's device (batch 32; what the user feels, but timing noise can
+    #: make a rerun choose differently).
+    budget_metric: Literal["macs", "latency"] = "macs"
     trials: int = Field(30, ge=1, le=10_000)
     timeout_s: float | None = Field(None, gt=0)
     sampler: Literal["tpe", "random"] = "tpe"
@@ -247,6 +264,17 @@ class ExportSpec(_Strict):
     formats: list[ExportFormat] = Field(default_factory=_default_formats)
     enabled: bool = True
     measure_latency: bool = True
+    #: Also export one checkpoint per accuracy drop (fractions, e.g. ``[0.005, 0.01, 0.02, 0.05]``),
+    #: each at its own safe rate of the same ranking, with ``pareto.png`` (accuracy × measured
+    #: speed-up); :mod:`pxp.pipeline.pareto`. Empty: only the main export.
+    pareto_drops: list[float] = Field(default_factory=list, max_length=8)
+
+    @field_validator("pareto_drops")
+    @classmethod
+    def _check_drops(cls, value: list[float]) -> list[float]:
+        if any(not (0.0 < d < 1.0) for d in value):
+            raise ValueError("every pareto drop must be a fraction in (0, 1), e.g. 0.01 for one point")
+        return sorted(set(value))
 
 
 class ExplainSpec(_Strict):
@@ -348,10 +376,16 @@ class JobResult(BaseModel):
     curves: list[CurveResult]
     chosen_label: str
     chosen_rate: float
+    #: The fraction of components really pruned at ``chosen_rate`` (less than it under channel rounding).
+    achieved_rate: float | None = None
+    #: The channel rounding the ranking used (``PruneSpec.round_to`` resolved for the job's device).
+    round_to: int = 1
     #: When the rate was refined between grid points: grid safe rate, refined rate, extra evaluations.
     rate_refinement: dict[str, Any] | None = None
     #: With the ``budget`` objective: every option tried on the search split and the one chosen.
     budget: dict[str, Any] | None = None
     search: SearchResult | None = None
     compression: dict[str, Any] | None = None
+    #: With ``export.pareto_drops``: per drop, the exported point (rate, test accuracy, MACs, speed-up, files).
+    pareto: list[dict[str, Any]] | None = None
     artifacts: dict[str, str] = Field(default_factory=dict)

@@ -73,8 +73,7 @@ def lrp_scores(ctx: ScoringContext, spec: AttributionSpec) -> Scores:
     from pxp.attribution.lrp import build_composite
     from pxp.attribution.support import require_lrp_support
 
-    if ctx.family == "cnn":
-        require_lrp_support(ctx.model, type(ctx.model).__name__)
+    require_lrp_support(ctx.model, type(ctx.model).__name__, ctx.family)
     batch_size = _batch_size(ctx, spec)
     composite = build_composite(ctx.model, ctx.family, spec.effective_composite())
     with composite.context(ctx.model) as canonized:

@@ -22,8 +22,16 @@ __all__ = [
 ]
 
 
-def default_kind(family: Family) -> ComponentKind:
-    return "filters" if family == "cnn" else "heads"
+def default_kind(family: Family, prepared: nn.Module | None = None) -> ComponentKind:
+    """Filters for CNNs, heads for ViTs; MLP neurons for ConvNeXt / Swin / EVA (``prepared`` given)."""
+    if family == "cnn":
+        return "filters"
+    if prepared is not None:
+        from pxp.components.vit.mlp import is_mlp_model
+
+        if is_mlp_model(prepared):
+            return "neurons"
+    return "heads"
 
 
 def prepare_model(model: nn.Module, family: Family) -> nn.Module:
@@ -50,7 +58,7 @@ def find_layers(
     kind: ComponentKind | None = None,
     exclude: list[str] | tuple[str, ...] = (),
 ) -> list[PrunableLayer]:
-    kind = kind or default_kind(family)
+    kind = kind or default_kind(family, prepared)
     if family == "cnn":
         if kind != "filters":
             raise InvalidSpecError(f"CNNs prune 'filters', not {kind!r}")

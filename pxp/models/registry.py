@@ -1,4 +1,4 @@
-"""Architecture registry: torchvision ImageNet models, timm ViTs (``timm/<name>``) and the digits zoo.
+"""Architecture registry: torchvision ImageNet models, timm models (``timm/<name>``) and the digits zoo.
 
 Builders never download anything: torchvision models are built with
 ``weights=None`` and timm models with ``pretrained=False``; kwargs that would
@@ -27,6 +27,9 @@ IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm/"
 #: timm modules whose models are ``timm.models.vision_transformer.VisionTransformer`` s.
 _TIMM_VIT_MODULES = ("vision_transformer", "deit")
+#: timm modules pruned by MLP neurons only (:mod:`pxp.components.vit.mlp`), with the name
+#: prefix a model must have: ``eva`` also holds rope ViTs (DINOv3 …) that are not EVA.
+_TIMM_MLP_MODULES: dict[str, str] = {"convnext": "convnext", "swin_transformer": "swin", "eva": "eva"}
 
 
 @dataclass(frozen=True)
@@ -109,16 +112,13 @@ _EXTRA_CNNS: tuple[tuple[str, str], ...] = (
     ("densenet121", "DenseNet"),
     ("densenet169", "DenseNet"),
 )
-#: Names refused with a reason rather than as unknown.
-_REFUSED: dict[str, str] = {
-    name: (
-        f"{name} is not supported: every ConvNeXt conv writes into the residual stream through a "
-        "LayerNorm over channels, where a zeroed channel still shifts the statistics, so no conv "
-        "filter can be pruned to contribute nothing; its prunable units would be the MLP neurons, "
-        "which the CNN family does not prune"
-    )
-    for name in ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
-}
+#: torchvision ConvNeXt / Swin models: family "vit", pruned by MLP neurons only
+#: (:mod:`pxp.components.vit.mlp`); LRP is refused on them (:mod:`pxp.attribution.support`).
+_MLP_MODELS: tuple[tuple[str, str], ...] = (
+    *((f"convnext_{size}", "ConvNeXt") for size in ("tiny", "small", "base", "large")),
+    *((f"swin_{size}", "SwinTransformer") for size in ("t", "s", "b")),
+    *((f"swin_v2_{size}", "SwinTransformer") for size in ("t", "s", "b")),
+)
 
 
 def _builtin() -> dict[str, ArchitectureInfo]:
@@ -152,6 +152,18 @@ def _builtin() -> dict[str, ArchitectureInfo]:
             image_size_kwarg="image_size",
             forbidden_kwargs=tv_forbidden,
             inferable={"num_classes": "num_classes", "image_size": "image_size"},
+        )
+    for name, target in _MLP_MODELS:
+        table[name] = ArchitectureInfo(
+            name=name,
+            family="vit",
+            builder=_torchvision(name, target),
+            default_kwargs={"num_classes": 1000},
+            input_channels=3,
+            image_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            forbidden_kwargs=tv_forbidden,
         )
     for name, target in _EXTRA_CNNS:
         table[name] = ArchitectureInfo(
@@ -231,9 +243,19 @@ _BUILTIN: dict[str, ArchitectureInfo] = _builtin()
 
 @functools.cache
 def _timm_vit_names() -> frozenset[str]:
+    """Supported timm names: ViT / DeiT, and ConvNeXt / Swin / EVA (MLP neurons only)."""
     import timm
 
-    return frozenset(timm.list_models(module=list(_TIMM_VIT_MODULES)))
+    names = set(timm.list_models(module=list(_TIMM_VIT_MODULES)))
+    for module, prefix in _TIMM_MLP_MODULES.items():
+        names.update(n for n in timm.list_models(module=module) if n.startswith(prefix))
+    return frozenset(names)
+
+
+@functools.cache
+def _timm_takes_img_size(arch: str) -> bool:
+    """Whether the timm model's constructor has an ``img_size`` (ConvNeXt's has not)."""
+    return not arch.startswith("convnext")
 
 
 @functools.cache
@@ -249,11 +271,12 @@ def _timm_info(name: str) -> ArchitectureInfo:
     if arch not in _timm_vit_names():
         if arch in _timm_all_names():
             raise UnsupportedArchitectureError(
-                f"timm model {model_name!r} is not a VisionTransformer/DeiT; only timm ViTs are supported"
+                f"timm model {model_name!r} is not a VisionTransformer/DeiT, ConvNeXt, Swin or EVA model; "
+                "only those timm families are supported"
             )
         close = difflib.get_close_matches(arch, sorted(_timm_vit_names()), n=5, cutoff=0.6)
         raise UnsupportedArchitectureError(
-            f"unknown timm ViT {model_name!r}"
+            f"unknown timm model {model_name!r}"
             + (f" (did you mean {', '.join(TIMM_PREFIX + c for c in close)}?)" if close else "")
         )
     from timm.models import get_pretrained_cfg
@@ -280,34 +303,37 @@ def _timm_info(name: str) -> ArchitectureInfo:
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         channels_kwarg="in_chans",
-        image_size_kwarg="img_size",
+        image_size_kwarg="img_size" if _timm_takes_img_size(arch) else None,
         forbidden_kwargs=frozenset(
             {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
         ),
-        inferable={"num_classes": "num_classes", "image_size": "img_size", "in_channels": "in_chans"},
+        inferable=(
+            {"num_classes": "num_classes", "image_size": "img_size", "in_channels": "in_chans"}
+            if arch.split("_", 1)[0] not in ("convnext", "swin", "swinv2", "eva", "eva02")
+            else {"num_classes": "num_classes"}
+        ),
     )
 
 
 def get_architecture(name: str) -> ArchitectureInfo:
-    """The registry entry for ``name``; timm ViTs are named ``timm/<model_name>``.
+    """The registry entry for ``name``; timm models are named ``timm/<model_name>``.
 
     Raises :class:`UnsupportedArchitectureError` with close names when it is unknown.
     """
     if name in _BUILTIN:
         return _BUILTIN[name]
-    if name in _REFUSED:
-        raise UnsupportedArchitectureError(_REFUSED[name])
     if name.startswith(TIMM_PREFIX):
         return _timm_info(name)
     close = difflib.get_close_matches(name, list(_BUILTIN), n=5, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise UnsupportedArchitectureError(
-        f"unknown architecture {name!r}{hint}. Known: {sorted(_BUILTIN)} and timm ViTs as '{TIMM_PREFIX}<name>'."
+        f"unknown architecture {name!r}{hint}. Known: {sorted(_BUILTIN)} and timm ViT/DeiT, ConvNeXt, "
+        f"Swin and EVA models as '{TIMM_PREFIX}<name>'."
     )
 
 
 def list_architectures(include_timm: bool = False) -> list[str]:
-    """Built-in names, sorted; with ``include_timm`` also every supported ``timm/<vit name>``."""
+    """Built-in names, sorted; with ``include_timm`` also every supported ``timm/<name>``."""
     names = sorted(_BUILTIN)
     if include_timm:
         names += sorted(TIMM_PREFIX + n for n in _timm_vit_names())

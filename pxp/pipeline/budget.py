@@ -18,9 +18,11 @@ import torch
 
 from pxp.pipeline.state import JobState
 from pxp.pruning.curve import accuracy
+from pxp.pruning.latency import measure_latency
 from pxp.pruning.ranking import PruneOrder
 from pxp.pruning.recovery import Recovery
 from pxp.pruning.refine import Refinement, refine_safe_rate
+from pxp.pruning.removal import remove_pruned
 from pxp.spec import CurveResult
 from pxp.stages import StageStore, stage_key
 
@@ -59,7 +61,7 @@ def refined_rate(state: JobState, order: PruneOrder, grid: CurveResult, store: S
         state.spec.model.model_dump(),
         state.spec.data.model_dump(),
         state.spec.splits.model_dump(),
-        order.order,
+        order.mask_key(),
     )
     cached = store.load_json(key)
     if cached is not None:
@@ -120,8 +122,11 @@ def choose_budget(
     to the first failure, then the refinement bisection); the MACs it removes come
     from the cost model (exact for what removal does). Returns the job state with
     the winning prune options (its ``prune.rate`` set to the refined rate) and a
-    record of every option tried. The test split plays no part.
+    record of every option tried. The test split plays no part. With
+    ``search.budget_metric="latency"`` each option's removed model is timed against
+    the original on the job's device (batch 32) and the fastest wins instead.
     """
+    metric = state.spec.search.budget_metric if state.spec.search is not None else "macs"
     key = stage_key(
         "budget",
         state.spec.prune.model_dump(),
@@ -130,6 +135,7 @@ def choose_budget(
         state.spec.splits.model_dump(),
         {name: s.tolist() for name, s in sorted(scores.items())},
         normalize,
+        *([metric] if metric != "macs" else []),
     )
     cached = store.load_json(key)
     tried: list[dict[str, Any]]
@@ -153,17 +159,19 @@ def choose_budget(
             )
             rate = refinement.refined_rate
             macs, params = graph.removed_fractions(order.keep_masks(rate)) if graph else (rate, rate)
-            tried.append(
-                {
-                    **option,
-                    "recovery": list(candidate.spec.prune.recovery),
-                    "rate": rate,
-                    "macs_removed": macs,
-                    "params_removed": params,
-                }
-            )
+            entry: dict[str, Any] = {
+                **option,
+                "recovery": list(candidate.spec.prune.recovery),
+                "rate": rate,
+                "macs_removed": macs,
+                "params_removed": params,
+            }
+            if metric == "latency":
+                entry["speedup"] = measured_speedup(candidate, order.keep_masks(rate))
+            tried.append(entry)
         store.save_json(key, {"tried": tried})
-    best = max(tried, key=lambda t: (t["macs_removed"], -tried.index(t)))
+    measure = "speedup" if metric == "latency" else "macs_removed"
+    best = max(tried, key=lambda t: (t[measure], -tried.index(t)))
     chosen = _with_prune(state, {k: best[k] for k in ("cost_exponent", "recovery", "coupled")})
     chosen = replace(
         chosen,
@@ -171,7 +179,25 @@ def choose_budget(
             update={"prune": chosen.spec.prune.model_copy(update={"rate": best["rate"]})}
         ),
     )
-    return chosen, {"objective": "budget", "chosen": best, "tried": tried}
+    return chosen, {"objective": "budget", "metric": metric, "chosen": best, "tried": tried}
+
+
+def measured_speedup(state: JobState, keep: dict[str, torch.Tensor]) -> float:
+    """Speed-up at batch 32 on the job's device of the model ``keep`` leaves, removed (and recovered).
+
+    The removal is the export's (:func:`~pxp.pruning.removal.remove_pruned` of the
+    recovered copy), so the option chosen is timed as it would be exported; each
+    pair of models gets about one second of interleaved runs.
+    """
+    recovered = recovery(state)
+    source = recovered.recovered_model(keep) if recovered.enabled else state.prepared
+    x_ref = state.reference[0]
+    removal = remove_pruned(source, state.family, state.layers, keep, x_ref[:8])
+    shape = tuple(x_ref.shape[1:])
+    points = measure_latency(
+        state.prepared, removal.model, shape, state.device, batch_sizes=(32,), budget_s=1.0
+    )
+    return points[0].speedup
 
 
 def _search_evaluator(state: JobState, order: PruneOrder) -> Callable[[float], float]:

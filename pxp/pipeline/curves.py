@@ -26,7 +26,7 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
         state.spec.model.model_dump(),
         state.spec.data.model_dump(),
         state.spec.splits.model_dump(),
-        order.order,
+        order.mask_key(),
         *([prune.recovery] if prune.recovery else []),
     )
     cached = store.load_json(key)

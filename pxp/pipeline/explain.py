@@ -126,7 +126,7 @@ def write_explanations(
 
     stats = layer_statistics(state, scores, keep)
     written = {"explanations": EXPLANATIONS_JSON, "layers_png": LAYERS_PNG}
-    blockers = lrp_blockers(state.prepared) if state.family == "cnn" else []
+    blockers = lrp_blockers(state.prepared, state.family)
     if blockers:
         record: dict[str, Any] = {
             "rate": rate,

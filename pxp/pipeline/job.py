@@ -18,6 +18,7 @@ from pxp.pipeline.budget import choose_budget, refined_rate
 from pxp.pipeline.curves import curve
 from pxp.pipeline.explain import write_explanations
 from pxp.pipeline.export import export_job
+from pxp.pipeline.pareto import export_pareto
 from pxp.pipeline.provenance import PROVENANCE_NAME, build_provenance
 from pxp.pipeline.reporter import ProgressCallback, Reporter
 from pxp.pipeline.sanity import no_safe_rate_unless_baseline_passed
@@ -158,6 +159,7 @@ def run(
             "criterion": chosen_label,
             "rate": chosen_rate,
             "achieved_rate": chosen_order.achieved_rate(chosen_rate),
+            "round_to": chosen_order.round_to,
             "kept_indices": kept_indices,
         },
     )
@@ -201,6 +203,12 @@ def run(
                 "flops_removed_fraction": exported.flops_removed_fraction,
             }
         )
+    pareto = None
+    if spec.export.enabled and spec.export.pareto_drops:
+        report("export", 1, message=f"pareto bundle: {len(spec.export.pareto_drops)} checkpoints")
+        unpruned = next(c.unpruned_accuracy for c in curves if c.label == chosen_label and c.split == "test")
+        pareto, pareto_artifacts = export_pareto(state, chosen_label, chosen_order, out_dir, unpruned, store)
+        artifacts.update(pareto_artifacts)
 
     artifacts["curves_png"] = "curves.png"
     artifacts["results"] = "results.json"
@@ -219,10 +227,13 @@ def run(
         curves=curves,
         chosen_label=chosen_label,
         chosen_rate=chosen_rate,
+        achieved_rate=chosen_order.achieved_rate(chosen_rate),
+        round_to=chosen_order.round_to,
         rate_refinement=rate_refinement,
         budget=budget_record,
         search=search_result,
         compression=compression,
+        pareto=pareto,
         artifacts=artifacts,
     )
     write_plot(job_result, out_dir / "curves.png")

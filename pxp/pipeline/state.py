@@ -16,6 +16,7 @@ from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
 from pxp.pipeline.sanity import BaselineCheck, Preprocessing, check_baseline
 from pxp.pruning.evaluate import CurveMethod, make_planner
+from pxp.pruning.hardware import resolve_round_to
 from pxp.pruning.ranking import PruneOrder, rank
 from pxp.pruning.removal.plan import Planner
 from pxp.spec import JobSpec
@@ -83,6 +84,10 @@ class JobState:
     #: The sanity gate's measurement; ``passed`` is False only under ``allow_low_accuracy``.
     baseline: BaselineCheck | None = None
 
+    def round_to(self) -> int:
+        """The channel rounding of this job's orders (``"auto"`` resolved for its device; 1 for heads)."""
+        return resolve_round_to(self.spec.prune.round_to, self.layers, self.device)
+
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""
         prune = self.spec.prune
@@ -97,12 +102,14 @@ class JobState:
                 cost_exponent=prune.cost_exponent,
                 normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
                 min_keep=prune.min_keep,
+                round_to=self.round_to(),
             )
         return rank(
             self.layers,
             scores,
             normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
             min_keep=prune.min_keep,
+            round_to=self.round_to(),
         )
 
     def component_graph(self) -> ComponentGraph:
@@ -139,8 +146,8 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     info = loaded.info
     family: Family = info.family
     device = resolve_device(spec.device)
-    if family == "cnn" and (spec.search is not None or any(c.criterion == "lrp" for c in spec.criteria)):
-        require_lrp_support(loaded.model, spec.model.architecture)
+    if spec.search is not None or any(c.criterion == "lrp" for c in spec.criteria):
+        require_lrp_support(loaded.model, spec.model.architecture, family)
     report("data", 1, message=f"loading data from {spec.data.source}")
     image_size = spec.data.image_size or info.image_size
     if spec.data.image_size and info.image_size_kwarg and spec.data.image_size != info.image_size:
@@ -159,7 +166,7 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     mean = tuple(spec.data.mean or info.mean)
     std = tuple(spec.data.std or info.std)
     prepared = prepare_model(loaded.model, family).to(device)
-    kind = spec.prune.components or default_kind(family)
+    kind = spec.prune.components or default_kind(family, prepared)
     layers = find_layers(prepared, family, kind, spec.prune.exclude)
     report("data", 1, message=f"{len(layers)} prunable layers, {sum(x.size for x in layers)} {kind}")
     preprocessing = Preprocessing(

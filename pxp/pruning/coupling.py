@@ -31,7 +31,7 @@ from torch import nn
 
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidSpecError
-from pxp.pruning.ranking import PruneOrder, normalized
+from pxp.pruning.ranking import PruneOrder, check_round_to, normalized
 
 Component = tuple[str, int]
 
@@ -55,6 +55,11 @@ class ComponentGraph:
     drops: tuple[tuple[tuple[str, str, int], ...], ...] = ()
     #: Per sliceable module: (MACs, out size, in size, weight params, out-sized params).
     modules: dict[str, tuple[float, int, int, float, float]] = field(default_factory=dict)
+    #: Per group: the channel dimension it is one channel of (a Torch-Pruning group, or its
+    #: layer for a decoupled leftover); :class:`~pxp.pruning.ranking.PruneOrder` rounds per dimension.
+    group_dims: tuple[int, ...] = ()
+    #: Per dimension: its channels in the unpruned model.
+    dim_sizes: tuple[int, ...] = ()
 
     def removed_fractions(self, keep: dict[str, torch.Tensor]) -> tuple[float, float]:
         """Fractions of MACs and parameters that structural removal saves for ``keep``, exactly.
@@ -166,6 +171,8 @@ def component_graph(
     group_macs: list[float] = []
     group_params: list[float] = []
     seen: set[Component] = set()
+    group_dims: list[int] = []
+    dim_sizes: list[int] = []
     if family == "cnn":
         from pxp.pruning.removal.cnn import CnnChannelGraph
 
@@ -193,12 +200,16 @@ def component_graph(
                 torch.zeros(group.size, dtype=torch.long).index_add_(0, units, group.pinned.long()) > 0
             )
             removable = group.blocked is None
+            dim = len(dim_sizes)
+            # Rounding counts units: a grouped conv's stripe is one channel of each of its conv groups.
+            dim_sizes.append(int(units.unique().numel()))
             for unit, comps in sorted(members.items()):
                 comps = [c for c in comps if c not in seen]
                 if not comps:
                     continue
                 seen.update(comps)
                 groups.append(tuple(comps))
+                group_dims.append(dim)
                 ok = removable and not bool(pinned_unit[unit])
                 group_macs.append(float(cost_m[unit]) if ok else 0.0)
                 group_params.append(float(cost_p[unit]) if ok else 0.0)
@@ -210,9 +221,12 @@ def component_graph(
                     )
                 )
     for layer in layers:
+        dim = len(dim_sizes)
+        dim_sizes.append(layer.size)
         for i in range(layer.size):
             if (layer.name, i) not in seen:
                 groups.append(((layer.name, i),))
+                group_dims.append(dim)
                 drops.append(())
                 group_macs.append(float(own_macs[layer.name][i]))
                 group_params.append(float(own_params[layer.name][i]))
@@ -226,6 +240,8 @@ def component_graph(
         total_params=total_params,
         drops=tuple(drops),
         modules=modules,
+        group_dims=tuple(group_dims),
+        dim_sizes=tuple(dim_sizes),
     )
 
 
@@ -238,6 +254,7 @@ def rank_with_cost(
     cost_exponent: float = 0.0,
     normalize_per_layer: bool = False,
     min_keep: int = 1,
+    round_to: int = 1,
 ) -> PruneOrder:
     """One ascending global ranking by ``relevance / cost^β``, over groups when ``coupled``.
 
@@ -248,6 +265,8 @@ def rank_with_cost(
     slice when nothing else produces that channel). ``min_keep`` protects each
     layer's top components, and with ``coupled`` every group holding one. With
     ``cost_exponent=0`` and ``coupled=False`` this is :func:`pxp.pruning.ranking.rank`.
+    ``round_to`` rounds the kept channels of each dimension (a coupled group's
+    channels with ``coupled``, else each layer's; see :class:`PruneOrder`).
     """
     for layer in layers:
         if layer.name not in scores or scores[layer.name].numel() != layer.size:
@@ -262,22 +281,43 @@ def rank_with_cost(
         protected.update((layer.name, int(i)) for i in top)
     index = {layer.name: layer.index for layer in layers}
     values = {layer.name: scores[layer.name].double().tolist() for layer in layers}
-    entries: list[tuple[float, int, int, tuple[Component, ...]]] = []
+    entries: list[tuple[float, int, int, tuple[Component, ...], int]] = []
+    layer_dim = {layer.name: i for i, layer in enumerate(layers)}
+    units: list[tuple[tuple[Component, ...], float, int]] = []
     if coupled:
-        units = [(g, m) for g, m in zip(graph.groups, graph.group_macs, strict=True)]
+        dims = graph.group_dims or tuple(range(len(graph.groups)))
+        units = [(g, m, d) for g, m, d in zip(graph.groups, graph.group_macs, dims, strict=True)]
+        dim_sizes = graph.dim_sizes or tuple(1 for _ in graph.groups)
     else:
-        units = []
         for g, m in zip(graph.groups, graph.group_macs, strict=True):
             for c in g:
-                units.append(((c,), m if len(g) == 1 else float(graph.own_macs[c[0]][c[1]])))
-    for group, cost in units:
+                units.append(((c,), m if len(g) == 1 else float(graph.own_macs[c[0]][c[1]]), layer_dim[c[0]]))
+        dim_sizes = ()
+    for group, cost, dim in units:
         if any(c in protected for c in group):
             continue
         relevance = sum(values[name][i] for name, i in group)
         key = relevance / max(cost, 1.0) ** cost_exponent if cost_exponent else relevance
         first = min(group, key=lambda c: (index[c[0]], c[1]))
-        entries.append((key, index[first[0]], first[1], group))
+        entries.append((key, index[first[0]], first[1], group, dim))
     entries.sort(key=lambda e: (e[0], e[1], e[2]))
-    order = tuple(c for *_, group in entries for c in sorted(group, key=lambda c: (index[c[0]], c[1])))
+    order: list[Component] = []
+    unit_of: list[int] = []
+    unit_dims: list[int] = []
+    for *_, group, dim in entries:
+        for c in sorted(group, key=lambda c: (index[c[0]], c[1])):
+            order.append(c)
+            unit_of.append(len(unit_dims))
+        unit_dims.append(dim)
     total = sum(layer.size for layer in layers)
-    return PruneOrder(tuple(layers), order, total)
+    if not coupled:  # one unit per component, its layer its dimension: PruneOrder's default
+        return PruneOrder(tuple(layers), tuple(order), total, round_to=check_round_to(round_to))
+    return PruneOrder(
+        tuple(layers),
+        tuple(order),
+        total,
+        round_to=check_round_to(round_to),
+        units=tuple(unit_of),
+        unit_dims=tuple(unit_dims),
+        dim_sizes=tuple(dim_sizes),
+    )

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pxp.components import Family
-from pxp.errors import InvalidSpecError, VerificationError
+from pxp.errors import InvalidSpecError, PxpError, UnsupportedArchitectureError, VerificationError
 from pxp.hashing import sha256_file
 from pxp.models.checkpoint import save_safetensors
 from pxp.models.compressed import (
@@ -214,7 +214,15 @@ def export_compressed(
         }
         exports: dict[str, Any] = {}
         if "onnx" in formats:
-            diff = _export_onnx(model, x, staging / ONNX_NAME, want)
+            try:
+                diff = _export_onnx(model, x, staging / ONNX_NAME, want)
+            except PxpError:
+                raise
+            except Exception as exc:  # torch.onnx cannot trace some models (timm EVA's attention)
+                raise UnsupportedArchitectureError(
+                    f"{architecture} cannot be exported to ONNX: torch.onnx failed with "
+                    f"{type(exc).__name__}: {str(exc)[:300]}. Leave 'onnx' out of the export formats."
+                ) from exc
             exports["onnx"] = {
                 "file": ONNX_NAME,
                 "sha256": sha256_file(staging / ONNX_NAME),

@@ -1,8 +1,9 @@
 """Architecture names the gateway accepts, kept torch-free.
 
-Mirrors ``pxp.models.list_architectures()`` (a test keeps them equal). timm ViTs are
+Mirrors ``pxp.models.list_architectures()`` (a test keeps them equal). timm models are
 accepted by the ``timm/<model_name>`` pattern here; whether that timm model exists and is
-a ViT is checked by the worker (timm imports torch) and reported as a user error.
+a supported one (ViT/DeiT, ConvNeXt, Swin, EVA) is checked by the worker (timm imports
+torch) and reported as a user error.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ KNOWN_ARCHITECTURES: tuple[str, ...] = (
     "ResNet",
     "VGG",
     "VisionTransformer",
+    "convnext_base",
+    "convnext_large",
+    "convnext_small",
+    "convnext_tiny",
     "densenet121",
     "densenet169",
     "digits_resnet18",
@@ -39,6 +44,12 @@ KNOWN_ARCHITECTURES: tuple[str, ...] = (
     "resnet50",
     "resnext101_32x8d",
     "resnext50_32x4d",
+    "swin_b",
+    "swin_s",
+    "swin_t",
+    "swin_v2_b",
+    "swin_v2_s",
+    "swin_v2_t",
     "vgg11",
     "vgg11_bn",
     "vgg13",
@@ -66,5 +77,5 @@ def check_architecture(name: str) -> str:
     close = difflib.get_close_matches(name, KNOWN_ARCHITECTURES, n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise UnsupportedArchitectureError(
-        f"unknown architecture {name!r}{hint}; known: {list(KNOWN_ARCHITECTURES)} and '{TIMM_PREFIX}<vit name>'"
+        f"unknown architecture {name!r}{hint}; known: {list(KNOWN_ARCHITECTURES)} and '{TIMM_PREFIX}<timm model name>'"
     )

@@ -114,3 +114,15 @@ def test_compress_defaults_to_the_measured_best_options_and_paper_restores_the_m
     assert custom.prune.recovery == ["bn_reestimate", "least_squares"] and not custom.export.measure_latency
     budget = _compress_spec("--objective", "budget")
     assert budget.search is not None and budget.search.objective == "budget" and budget.search.trials == 1
+    assert budget.search.budget_metric == "latency"
+    assert _compress_spec("--objective", "budget", "--budget-metric", "macs").search.budget_metric == "macs"
+    assert spec.prune.round_to == "auto" and paper.prune.round_to == 1
+    assert _compress_spec("--round-to", "8").prune.round_to == 8
+
+
+@pytest.mark.parametrize("value", ["0", "-4", "sixteen"])
+def test_compress_refuses_a_bad_round_to(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _compress_spec("--round-to", value)
+    assert exit_info.value.code == 2
+    assert "auto" in capsys.readouterr().err

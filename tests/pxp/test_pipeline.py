@@ -238,6 +238,101 @@ def test_budget_objective_exports_the_option_removing_the_most_macs(tmp_path: Pa
     assert any(c.label == result.chosen_label and c.split == "test" for c in result.curves)
 
 
+def test_measured_speedup_times_the_removed_model_the_export_would_hand_back() -> None:
+    """The bounded form of the latency budget: one option, removed and timed as export would."""
+    from pxp.pipeline.budget import measured_speedup
+
+    spec = _spec(criteria=[AttributionSpec(criterion="weight")], prune=PruneSpec(rates=RATES, rate=0.5))
+    state = pipeline.build_state(spec, pipeline.silent())
+    scores = {layer.name: torch.arange(layer.size, dtype=torch.float64) for layer in state.layers}
+    keep = state.order(scores).keep_masks(0.5)
+    params = sum(p.numel() for p in state.prepared.parameters())
+    speedup = measured_speedup(state, keep)
+    assert 0.0 < speedup < float("inf")
+    # Removal works on a copy: the job's prepared model is still whole.
+    assert sum(p.numel() for p in state.prepared.parameters()) == params
+
+
+@pytest.mark.slow
+def test_budget_over_measured_latency_exports_the_fastest_option(tmp_path: Path) -> None:
+    from pxp.spec import SearchSpec
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=[0.0, 0.5], refine_steps=0),
+        search=SearchSpec(trials=1, objective="budget", budget_metric="latency"),
+        export=ExportSpec(measure_latency=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    budget = result.budget
+    assert budget is not None and budget["metric"] == "latency"
+    tried = budget["tried"]
+    assert all(t["speedup"] > 0 for t in tried)
+    best = budget["chosen"]
+    assert best["speedup"] == max(t["speedup"] for t in tried)
+    assert result.chosen_rate == best["rate"]
+    assert result.compression is not None
+    assert result.compression["flops_removed_fraction"] == pytest.approx(best["macs_removed"], abs=1e-9)
+
+
+def test_channel_rounding_exports_widths_that_are_multiples(tmp_path: Path) -> None:
+    """``round_to``: every pruned conv of the exported model keeps a multiple of the block."""
+    from pxp.models.compressed import load_compressed
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="weight")],
+        prune=PruneSpec(rates=RATES, rate=0.5, round_to=4),
+        export=ExportSpec(measure_latency=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    assert result.round_to == 4
+    assert result.achieved_rate is not None and 0.0 < result.achieved_rate <= 0.5
+    original = pipeline.build_state(spec, pipeline.silent()).prepared
+    widths = {n: m.out_channels for n, m in original.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    exported = load_compressed(tmp_path)
+    pruned = {
+        n: m.out_channels
+        for n, m in exported.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and m.out_channels != widths[n]
+    }
+    assert pruned and all(w % 4 == 0 for w in pruned.values()), pruned
+
+
+def test_pareto_bundle_exports_one_reloadable_checkpoint_per_drop(tmp_path: Path) -> None:
+    from pxp.models.compressed import load_compressed
+    from pxp.spec import ExplainSpec
+
+    spec = _spec(
+        criteria=[AttributionSpec(criterion="weight")],
+        prune=PruneSpec(rates=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], refine_steps=2),
+        export=ExportSpec(pareto_drops=[0.3, 0.01], measure_latency=False),
+        explain=ExplainSpec(enabled=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    points = result.pareto
+    assert points is not None and [p["max_accuracy_drop"] for p in points] == [0.01, 0.3]
+    rates = [p["rate"] for p in points]
+    assert rates == sorted(rates) and rates[-1] > rates[0]  # a looser drop allows at least as much pruning
+    x, y = pipeline.build_state(spec, pipeline.silent()).test
+    for point in points:
+        model = load_compressed(tmp_path / point["directory"])
+        assert accuracy(model, x, y) == pytest.approx(point["test_accuracy"])
+        assert f"pareto_{point['directory'].split('_')[-1]}_weights" in result.artifacts
+    # The main export is the 1-point drop's point: the same ranking, the same search-split rule.
+    assert result.chosen_rate == points[0]["rate"]
+    assert (tmp_path / result.artifacts["pareto_png"]).stat().st_size > 1000
+    for rel in result.artifacts.values():
+        assert (tmp_path / rel).is_file()
+
+
+@pytest.mark.parametrize("drops", [[0.0], [1.0], [-0.01]])
+def test_pareto_drops_must_be_fractions(drops: list[float]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="pareto"):
+        ExportSpec(pareto_drops=drops)
+
+
 @pytest.mark.parametrize("name", ["meta", "cuda:99"])
 def test_devices_that_cannot_run_a_job_are_user_errors(name):
     import torch

@@ -28,6 +28,10 @@ BASE = {"model": {"architecture": "digits_vgg"}}
         {"data": {"std": []}},
         {"data": {"mean": [float("nan")]}},
         {"data": {"std": [float("inf")]}},
+        {"prune": {"round_to": 0}},
+        {"prune": {"round_to": "fast"}},
+        {"prune": {"round_to": 4096}},
+        {"search": {"budget_metric": "flops"}},
     ],
 )
 def test_bad_fields_are_rejected(patch):
@@ -43,3 +47,8 @@ def test_known_devices_are_accepted(device):
 def test_seed_bounds_are_inclusive():
     spec = JobSpec.model_validate({**BASE, "splits": {"seed": MAX_SEED}, "search": {"seed": 0}})
     assert spec.splits.seed == MAX_SEED
+
+
+@pytest.mark.parametrize("value", ["auto", 1, 8, 16])
+def test_round_to_accepts_auto_and_block_sizes(value):
+    assert JobSpec.model_validate({**BASE, "prune": {"round_to": value}}).prune.round_to == value

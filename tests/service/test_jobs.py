@@ -134,6 +134,26 @@ def test_malformed_job_is_refused_and_not_created(api, body, error, needle):
     assert api.client.get("/v1/jobs", headers=headers).json()["items"] == []
 
 
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        "convnext_tiny",
+        "swin_t",
+        "swin_v2_t",
+        "timm/swin_tiny_patch4_window7_224",
+        "timm/eva02_tiny_patch14_224",
+    ],
+)
+def test_convnext_swin_and_eva_names_are_accepted(api, architecture):
+    resp = _create(
+        api,
+        api.key(),
+        {"spec": {"model": {"architecture": architecture}, "criteria": [{"criterion": "gradient"}]}},
+    )
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["spec"]["model"]["architecture"] == architecture
+
+
 def test_invalid_json_body_is_refused(api):
     resp = api.client.post(
         "/v1/jobs", headers={**api.key(), "Content-Type": "application/json"}, content=b"{not json"

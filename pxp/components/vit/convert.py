@@ -262,8 +262,16 @@ def convert_in_place(model: nn.Module) -> Edits:
 
 
 def prepare_vit(model: nn.Module) -> nn.Module:
-    """The explicit-attention form of ``model``, converted in place (pass a copy; prepare_model does)."""
+    """The explicit-attention form of ``model``, converted in place (pass a copy; prepare_model does).
+
+    ConvNeXt / Swin / EVA models (:mod:`pxp.components.vit.mlp`) are pruned by MLP neurons
+    only and are not converted; only their fused GluMlps are split.
+    """
+    from pxp.components.vit.mlp import is_mlp_model, prepare_mlp_model
+
     if not is_explicit(model):
+        if is_mlp_model(model):
+            return prepare_mlp_model(model)
         convert_in_place(model)
     return model
 

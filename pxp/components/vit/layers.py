@@ -23,6 +23,7 @@ from torch import nn
 
 from pxp.components.base import PrunableLayer
 from pxp.components.vit.convert import is_explicit
+from pxp.components.vit.mlp import find_mlp_units, is_mlp_model, units_weight_norms
 from pxp.components.vit.modules import EXPLICIT_BLOCKS, ExplicitEncoderBlock, ExplicitSelfAttention
 from pxp.errors import InvalidSpecError, UnsupportedArchitectureError
 from pxp.spec import VIT_GROUPS, ComponentKind
@@ -69,6 +70,23 @@ def _block_layers(name: str, block: nn.Module, kind: ComponentKind, group: str) 
     return PrunableLayer(path, kind, linear.out_features, 2, path, group, 0)
 
 
+def _mlp_candidates(model: nn.Module, kind: ComponentKind) -> list[tuple[str, PrunableLayer]]:
+    """(block, layer) per ConvNeXt / Swin / EVA block: only its MLP neurons are prunable."""
+    if kind != "neurons":
+        raise InvalidSpecError(
+            f"{type(model).__name__} (ConvNeXt / Swin / EVA) prunes only MLP 'neurons', not {kind!r}: "
+            "its attention heads and residual dimensions are not supported"
+        )
+    units = find_mlp_units(model)
+    return [
+        (
+            u.block,
+            PrunableLayer(u.hook, "neurons", u.size, u.channel_dim, u.hook, block_group(i, len(units)), 0),
+        )
+        for i, u in enumerate(units)
+    ]
+
+
 def find_vit_layers(
     model: nn.Module, kind: ComponentKind, exclude: list[str] | tuple[str, ...] = ()
 ) -> list[PrunableLayer]:
@@ -78,11 +96,14 @@ def find_vit_layers(
     """
     if kind not in ("heads", "neurons", "fc2"):
         raise InvalidSpecError(f"ViTs prune 'heads', 'neurons' or 'fc2', not {kind!r}")
-    blocks = explicit_blocks(model)
-    candidates = [
-        (block_name, _block_layers(block_name, block, kind, block_group(i, len(blocks))))
-        for i, (block_name, block) in enumerate(blocks)
-    ]
+    if not is_explicit(model) and is_mlp_model(model):
+        candidates = _mlp_candidates(model, kind)
+    else:
+        blocks = explicit_blocks(model)
+        candidates = [
+            (block_name, _block_layers(block_name, block, kind, block_group(i, len(blocks))))
+            for i, (block_name, block) in enumerate(blocks)
+        ]
     known = {n for block_name, layer in candidates for n in (block_name, layer.name, layer.producer)}
     unknown = sorted(set(exclude) - known)
     if unknown:
@@ -134,8 +155,16 @@ def weight_norms(model: nn.Module, layer: PrunableLayer) -> torch.Tensor:
     """L1 norm of the weights producing each component (biases excluded, as for conv filters).
 
     A head's weights are its rows of the q, k and v projections; a neuron's (or fc2
-    output's) weights are its row of fc1 (fc2).
+    output's) weights are its row of fc1 (fc2). In ConvNeXt / Swin / EVA MLPs a neuron's
+    weights are its rows of every projection producing it (SwiGLU: gate and value).
     """
+    if not is_explicit(model) and is_mlp_model(model):
+        if layer.kind != "neurons":
+            raise InvalidSpecError(f"no weight norm for component kind {layer.kind!r} of an MLP block")
+        for units in find_mlp_units(model):
+            if units.hook == layer.name:
+                return units_weight_norms(model, units)
+        raise InvalidSpecError(f"{layer.name} is not an MLP hook point of the model")
     producer = model.get_submodule(layer.producer)
     if layer.kind == "heads":
         assert isinstance(producer, ExplicitSelfAttention)

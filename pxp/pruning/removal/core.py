@@ -98,6 +98,13 @@ def removal_planner(
 
         return CnnChannelGraph(prepared, layers, example)
     if family == "vit":
+        from pxp.components.vit import is_explicit
+        from pxp.components.vit.mlp import is_mlp_model
+
+        if not is_explicit(prepared) and is_mlp_model(prepared):
+            from pxp.pruning.removal.mlp import MlpPlanner
+
+            return MlpPlanner(prepared, layers)
         from pxp.pruning.removal.vit import VitPlanner
 
         return VitPlanner(prepared, layers)

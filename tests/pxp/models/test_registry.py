@@ -50,13 +50,23 @@ FAMILIES = [
     "densenet121",
     "densenet169",
 ]
+#: ConvNeXt / Swin: family "vit", MLP neurons only (pxp.components.vit.mlp).
+MLP_FAMILIES = [
+    *(f"convnext_{size}" for size in ("tiny", "small", "base", "large")),
+    *(f"swin_{size}" for size in ("t", "s", "b")),
+    *(f"swin_v2_{size}" for size in ("t", "s", "b")),
+]
 
 
 def test_list_names_exactly_the_builtins() -> None:
-    assert list_architectures() == sorted([*TORCHVISION, *GENERIC, *FAMILIES, *ZOO_ARCHITECTURES])
+    assert list_architectures() == sorted(
+        [*TORCHVISION, *GENERIC, *FAMILIES, *MLP_FAMILIES, *ZOO_ARCHITECTURES]
+    )
     with_timm = list_architectures(include_timm=True)
     assert "timm/vit_tiny_patch16_224" in with_timm
     assert "timm/deit_small_patch16_224" in with_timm
+    for name in ("convnext_atto", "swin_tiny_patch4_window7_224", "eva02_tiny_patch14_224"):
+        assert f"timm/{name}" in with_timm
     assert not any(n.startswith("timm/resnet") for n in with_timm)
 
 

@@ -74,3 +74,21 @@ def test_cost_exponent_prunes_expensive_components_first_among_equals() -> None:
     cost = {g[0]: m for g, m in zip(graph.groups, graph.group_macs, strict=True)}
     first = [cost[c] for c in order.order[:5]]
     assert first == sorted(first, reverse=True) and first[0] == max(cost.values())
+
+
+def test_coupled_rounding_keeps_a_multiple_of_every_removed_dimension() -> None:
+    """With coupling, a residual stream is one dimension: the removed model's every conv width is a multiple."""
+    model = digits_resnet18(base_width=8, layers=(1, 1, 1, 1))
+    prepared = prepare_model(randomize(model, seed=4), "cnn")
+    layers = find_layers(prepared, "cnn", "filters")
+    x = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(5)
+    scores = {layer.name: torch.rand(layer.size, generator=g) for layer in layers}
+    graph = component_graph(prepared, "cnn", layers, x)
+    order = rank_with_cost(layers, scores, graph, coupled=True, cost_exponent=1.0, round_to=4)
+    for rate in (0.2, 0.4, 0.6):
+        removal = remove_pruned(prepared, "cnn", layers, order.keep_masks(rate), x)
+        assert removal.zeroed_components == 0  # a group cut by the rate boundary is not pruned at all
+        widths = [m.out_channels for m in removal.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(w % 4 == 0 for w in widths), widths
+        assert removal.params_after < sum(p.numel() for p in prepared.parameters())

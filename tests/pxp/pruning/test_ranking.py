@@ -70,3 +70,41 @@ def test_bad_scores_and_min_keep_are_rejected() -> None:
         rank(layers, {"l0": torch.ones(3)})
     with pytest.raises(InvalidSpecError):
         rank(layers, {"l0": torch.ones(4)}, min_keep=5)
+
+
+@pytest.mark.parametrize("block", [4, 8])
+def test_channel_rounding_keeps_a_multiple_per_layer_and_stays_nested(block: int) -> None:
+    layers = _layers(8, 16, 32, 12)
+    order = rank(layers, _scores(layers), round_to=block)
+    plain = rank(layers, _scores(layers))
+    previous = None
+    for rate in [0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9]:
+        keep = order.keep_masks(rate)
+        loose = plain.keep_masks(rate)
+        for layer in layers:
+            kept = int(keep[layer.name].sum())
+            assert kept == layer.size or kept % block == 0, (layer.name, kept)
+            # Rounding only ever keeps more, and what it prunes the plain order prunes too.
+            assert not (~keep[layer.name] & loose[layer.name]).any()
+        if previous is not None:
+            for name in keep:
+                assert not (keep[name] & ~previous[name]).any(), "a component pruned earlier came back"
+        previous = keep
+        pruned = sum(int((~m).sum()) for m in keep.values())
+        assert order.achieved_rate(rate) == pruned / order.total
+    assert order.achieved_rate(0.9) > 0.5  # rounding still prunes
+
+
+def test_channel_rounding_prunes_the_least_relevant_of_each_layer() -> None:
+    layers = _layers(16)
+    scores = {"l0": torch.arange(16, dtype=torch.float64)}
+    order = rank(layers, scores, round_to=4)
+    keep = order.keep_masks(6 / 16)  # 6 in the prefix: 4 pruned, 12 kept
+    assert keep["l0"].tolist() == [False] * 4 + [True] * 12
+    assert order.keep_masks(3 / 16)["l0"].all()
+
+
+def test_round_to_must_be_positive() -> None:
+    layers = _layers(4)
+    with pytest.raises(InvalidSpecError, match="round_to"):
+        rank(layers, _scores(layers), round_to=0)
