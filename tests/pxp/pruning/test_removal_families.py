@@ -130,3 +130,24 @@ def test_depthwise_conv_cut_to_one_channel_exports_and_reloads(tmp_path: Path) -
     assert reloaded.get_submodule("features.1.block.0.0").weight.shape == (1, 1, 3, 3)
     with torch.no_grad():
         assert torch.equal(reloaded(x), result.model(x))
+
+
+def test_channel_rounding_counts_grouped_conv_stripes() -> None:
+    """With ``round_to``, a grouped conv keeps a multiple of it per conv group (or the whole group width)."""
+    prepared = prepare_model(_build("ResNet", FAMILIES[3][1]), "cnn")
+    layers = find_layers(prepared, "cnn")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    graph = component_graph(prepared, "cnn", layers, x[:1])
+    g = torch.Generator().manual_seed(3)
+    scores = {layer.name: torch.rand(layer.size, generator=g) for layer in layers}
+    keep = rank_with_cost(layers, scores, graph, coupled=True, round_to=5).keep_masks(0.5)
+    result = remove_pruned(prepared, "cnn", layers, keep, x)
+    before = {n: m for n, m in prepared.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+    after = {n: result.model.get_submodule(n) for n in before}
+    # Group widths 8 / 16 / 32 / 64 are not multiples of 5 (nor is 4 × them), so counting root
+    # channels instead of stripes would leave other widths.
+    for n, m in after.items():
+        full = before[n].in_channels // before[n].groups, before[n].out_channels // before[n].groups
+        kept = m.in_channels // m.groups, m.out_channels // m.groups
+        assert all(k % 5 == 0 or k == f for k, f in zip(kept, full, strict=True)), (n, kept, full)
+    assert any(after[n].weight.numel() < before[n].weight.numel() for n in before)  # some groups narrowed
