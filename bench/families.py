@@ -2,21 +2,28 @@
 
 For each architecture, with random weights (seed 0) on the bundled digits at
 ``--image-size`` (the accuracy gate overridden: random weights are at chance), one
-job prunes ``--rate`` of the components with the ``weight`` criterion and exports it.
+job prunes ``--rate`` of the components with the ``weight`` criterion, ranked as coupled
+groups (``PruneSpec.coupled``, what ``pxp compress`` does by default), and exports it.
 Every other criterion the family supports is scored too (✓ ran, ✗ failed, — refused:
 LRP where it is not faithful). Removal is verified against masking inside the job.
+The same scores ranked independently (the paper's ranking, ``--paper``) are planned too,
+to show how many pruned components that ranking removes and how many it only zeroes.
 Export formats are tried one by one (safetensors, ONNX run by onnxruntime, TorchScript).
-Speed-up: median CPU latency of the unpruned over the exported, reloaded model at batch
-``--batch`` and ``--latency-size``², one thread, interleaved runs.
+MACs / params removed: measured on the exported model (CNN families: equal to the cost
+model's prediction). Speed-up: median CPU latency of the unpruned over the exported,
+reloaded model at batch ``--batch`` and ``--latency-size``², one thread, interleaved runs;
+A/A: the same measurement of the unpruned model against a copy of itself (the noise floor).
 
     .venv/bin/python bench/families.py
     .venv/bin/python bench/families.py --models mobilenet_v2 resnet18 --repeats 5
+    .venv/bin/python bench/families.py --cnn --repeats 5   # the CNN rows only
     .venv/bin/python bench/families.py --models convnext_tiny swin_t timm/eva02_tiny_patch14_224
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -29,21 +36,24 @@ import torch
 from torch import nn
 
 from pxp import pipeline
-from pxp.attribution.support import lrp_blockers, removal_blocker
+from pxp.attribution.support import lrp_blockers
 from pxp.errors import PxpError
 from pxp.models import build_model, get_architecture
 from pxp.models.compressed import load_compressed
+from pxp.pipeline.scoring import score
 from pxp.spec import (
     CRITERIA,
     AttributionSpec,
     BaselineSpec,
     DataSpec,
+    ExplainSpec,
     ExportSpec,
     JobSpec,
     ModelSpec,
     PruneSpec,
     SplitSpec,
 )
+from pxp.stages import StageStore
 
 #: (architecture, kwargs, components)
 DEFAULT_MODELS: list[tuple[str, dict, str | None]] = [
@@ -52,6 +62,8 @@ DEFAULT_MODELS: list[tuple[str, dict, str | None]] = [
     ("efficientnet_b0", {}, None),
     ("densenet121", {}, None),
     ("regnet_x_400mf", {}, None),
+    ("regnet_y_400mf", {}, None),
+    ("resnext50_32x4d", {}, None),
     (
         "VisionTransformer",
         {
@@ -85,14 +97,21 @@ def _spec(
     criteria: list[str],
     args: argparse.Namespace,
     export: list[str] | None,
+    coupled: bool = False,
 ) -> JobSpec:
     return JobSpec(
         model=ModelSpec(architecture=name, kwargs={**kwargs, "num_classes": 10}),
         data=DataSpec(image_size=args.image_size),
         criteria=[AttributionSpec(criterion=c) for c in criteria],  # type: ignore[arg-type]
         splits=SplitSpec(reference_samples_per_class=2, max_eval_samples=40),
-        prune=PruneSpec(rates=[0.0, args.rate], rate=args.rate, components=components),  # type: ignore[arg-type]
+        prune=PruneSpec(
+            rates=[0.0, args.rate],
+            rate=args.rate,
+            components=components,  # type: ignore[arg-type]
+            coupled=coupled,
+        ),
         export=ExportSpec(enabled=export is not None, formats=export or ["safetensors"]),  # type: ignore[arg-type]
+        explain=ExplainSpec(enabled=export is None),
         baseline=BaselineSpec(allow_low_accuracy=True),
         device="cpu",
     )
@@ -139,33 +158,31 @@ def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespac
                 except PxpError as exc:
                     cells[criterion] = f"✗ ({type(exc).__name__})"
         cells["lrp"] = cells.get("lrp", "—")
-        blocker = removal_blocker(loaded.model)
+        cells["paper"] = _paper_removal(name, kwargs, components, args, Path(tmp) / "paper")
         formats: list[str] = []
         result = None
         export_dir = Path(tmp) / "export"
-        if blocker is None:
-            for attempt in (
-                ["safetensors", "onnx", "torchscript"],
-                ["safetensors", "torchscript"],
-                ["safetensors"],
-            ):
-                try:
-                    spec = _spec(name, kwargs, components, ["weight"], args, attempt)
-                    result = pipeline.run(spec, export_dir / "-".join(attempt))
-                    formats = attempt
-                    export_dir = export_dir / "-".join(attempt)
-                    break
-                except Exception as exc:
-                    print(f"  {name} {attempt}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+        for attempt in (
+            ["safetensors", "onnx", "torchscript"],
+            ["safetensors", "torchscript"],
+            ["safetensors"],
+        ):
+            try:
+                spec = _spec(name, kwargs, components, ["weight"], args, attempt, coupled=True)
+                result = pipeline.run(spec, export_dir / "-".join(attempt))
+                formats = attempt
+                export_dir = export_dir / "-".join(attempt)
+                break
+            except Exception as exc:
+                print(f"  {name} {attempt}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
         if result is None or result.compression is None:
-            cells["removal"] = "no (grouped convs)" if blocker else "no"
-            cells["formats"] = "—"
-            cells["params"] = "—"
-            cells["speedup"] = "—"
+            for key in ("removal", "formats", "macs", "params", "speedup", "noise"):
+                cells[key] = "—" if key != "removal" else "no"
             return cells
         comp = result.compression
-        cells["removal"] = f"yes ({comp['components_removed']} removed, {comp['components_zeroed']} zeroed)"
+        cells["removal"] = f"{comp['components_removed']} removed, {comp['components_zeroed']} zeroed"
         cells["formats"] = ", ".join(formats)
+        cells["macs"] = f"{comp['flops_removed_fraction']:.0%}"
         cells["params"] = f"{1 - comp['params_after'] / comp['params_before']:.0%}"
         compressed = load_compressed(export_dir)
         channels = loaded.info.input_channels
@@ -173,7 +190,24 @@ def run(name: str, kwargs: dict, components: str | None, args: argparse.Namespac
         size = args.image_size if loaded.info.image_size_kwarg else args.latency_size
         x = torch.randn(args.batch, channels, size, size)
         cells["speedup"] = f"{_speedup(loaded.model, compressed, x, args.repeats):.2f}×"
+        # The same measurement of the unpruned model against a copy of itself: the noise floor.
+        cells["noise"] = f"{_speedup(loaded.model, copy.deepcopy(loaded.model), x, args.repeats):.2f}×"
     return cells
+
+
+def _paper_removal(
+    name: str, kwargs: dict, components: str | None, args: argparse.Namespace, out: Path
+) -> str:
+    """Removed / zeroed counts when the same ``weight`` scores are ranked independently (the paper)."""
+    state = pipeline.build_state(_spec(name, kwargs, components, ["weight"], args, None), pipeline.silent())
+    scores = score(state, AttributionSpec(criterion="weight"), StageStore(out))
+    planner = state.planner()
+    if planner is None:
+        return "—"
+    plan = planner.plan(state.order(scores).keep_masks(args.rate))
+    removed = sum(len(v) for v in plan.removed.values())
+    zeroed = sum(len(v) for v in plan.zeroed.values())
+    return f"{removed} removed, {zeroed} zeroed"
 
 
 def main() -> None:
@@ -181,6 +215,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", help="architecture names (default: the built-in list)")
+    parser.add_argument("--cnn", action="store_true", help="only the CNN architectures of the built-in list")
     parser.add_argument("--rate", type=float, default=0.3)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--latency-size", type=int, default=64)
@@ -193,13 +228,18 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     known = {row[0]: row for row in DEFAULT_MODELS}
     models = DEFAULT_MODELS if not args.models else [known.get(m, (m, {}, None)) for m in args.models]
+    if args.cnn:
+        models = [m for m in models if get_architecture(m[0]).family == "cnn"]
     header = [
         "model",
         *CRITERIA,
-        "removal",
+        "independent ranking (paper)",
+        "coupled ranking (default)",
         "export formats",
+        f"MACs removed @ {args.rate}",
         f"params removed @ {args.rate}",
         "CPU speed-up",
+        "A/A (noise)",
     ]
     print(f"| {' | '.join(header)} |")
     print(f"|{'|'.join('---' for _ in header)}|", flush=True)
@@ -209,15 +249,19 @@ def main() -> None:
         row = [
             name + (f" ({components})" if components else ""),
             *(cells[c] for c in CRITERIA),
+            cells["paper"],
             cells["removal"],
             cells["formats"],
+            cells["macs"],
             cells["params"],
             cells["speedup"],
+            cells["noise"],
         ]
         print(f"| {' | '.join(row)} |", flush=True)
         print(f"  {name}: {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
     print(
-        f"\nrandom weights, digits at {args.image_size}², rate {args.rate} (weight criterion), "
+        f"\nrandom weights, digits at {args.image_size}², rate {args.rate} (weight criterion; exported: "
+        "coupled ranking), "
         f"speed-up at batch {args.batch}, {args.latency_size}² (fixed-size ViT / timm Swin / EVA: "
         f"{args.image_size}²), 1 thread, "
         f"median of {args.repeats}; torch {torch.__version__}"

@@ -93,7 +93,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-coupled",
         action="store_true",
-        help="rank residual-coupled channels separately (they are then zeroed)",
+        help="rank coupled channels (residual streams, depthwise + the conv feeding it, grouped-conv stripes) "
+        "separately (most are then zeroed, not removed)",
     )
     p.add_argument(
         "--round-to",

@@ -180,7 +180,8 @@ class PruneSpec(_Strict):
     rate: float | None = Field(None, ge=0.0, lt=1.0)
     recovery: list[RecoveryName] = Field(default_factory=list)
     refine_steps: int = Field(6, ge=0, le=20)
-    #: Rank channels tied by a residual addition as one group (summed relevance), removed together.
+    #: Rank channels removed together as one group (summed relevance): a residual stream's channel,
+    #: a depthwise channel with the conv feeding it, a stripe across a grouped conv's groups.
     coupled: bool = False
     #: β in relevance / cost^β (cost: MACs saved by removing the component or group); 0 = the paper's ranking.
     cost_exponent: float = Field(0.0, ge=0.0, le=4.0)

@@ -91,23 +91,3 @@ def require_lrp_support(model: nn.Module, architecture: str, family: Family = "c
             f"Use --criterion {' / '.join(NON_LRP_CRITERIA)} (each works on this model); the LRP search "
             "needs lrp and is unavailable too."
         )
-
-
-def removal_blocker(model: nn.Module) -> str | None:
-    """Why structural removal cannot slice ``model``, or None.
-
-    Grouped convolutions other than depthwise (ResNeXt, RegNet group widths) would need
-    whole groups removed together, which the slicer does not do.
-    """
-    for name, module in model.named_modules():
-        if (
-            isinstance(module, nn.Conv2d)
-            and module.groups != 1
-            and not module.groups == module.in_channels == module.out_channels
-        ):
-            return (
-                f"{name} is a grouped convolution (groups={module.groups}, {module.in_channels} -> "
-                f"{module.out_channels} channels); structural removal handles depthwise but not other "
-                "grouped convs"
-            )
-    return None

@@ -135,13 +135,26 @@ def _is_depthwise(module: nn.Conv2d) -> bool:
 
 def _resize_conv(module: nn.Conv2d, spec: dict[str, Any]) -> None:
     cin, cout = _int(spec, "in_channels"), _int(spec, "out_channels")
-    if module.groups != 1:
-        # Depthwise (one filter per channel) stays depthwise at the new width.
-        if not _is_depthwise(module) or not cin == cout == spec.get("groups"):
-            raise InvalidModelError("only depthwise grouped convolutions can be resized")
+    if _is_depthwise(module):
+        # Depthwise (one filter per channel) stays depthwise at the new width (at width 1 the
+        # spec of the removed module records no groups: one group).
+        if not cin == cout == spec.get("groups", 1):
+            raise InvalidModelError("a depthwise convolution must stay depthwise (in = out = groups)")
         _set(module, "weight", _fresh(module.weight, (cout, 1, *module.weight.shape[2:])))
         _set(module, "bias", _fresh(module.bias, (cout,)))
         module.in_channels = module.out_channels = module.groups = cout
+        return
+    if module.groups != 1:
+        # Other grouped convs keep their number of groups; each group narrows equally.
+        groups = module.groups
+        if spec.get("groups") != groups or cin % groups or cout % groups:
+            raise InvalidModelError(
+                f"a grouped convolution keeps its {groups} groups and channel counts divisible by them "
+                f"(spec: groups={spec.get('groups')!r}, {cin} -> {cout} channels)"
+            )
+        _set(module, "weight", _fresh(module.weight, (cout, cin // groups, *module.weight.shape[2:])))
+        _set(module, "bias", _fresh(module.bias, (cout,)))
+        module.in_channels, module.out_channels = cin, cout
         return
     _set(module, "weight", _fresh(module.weight, (cout, cin, *module.weight.shape[2:])))
     _set(module, "bias", _fresh(module.bias, (cout,)))

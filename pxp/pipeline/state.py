@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pxp.attribution.support import removal_blocker, require_lrp_support
+from pxp.attribution.support import require_lrp_support
 from pxp.components import Family, PrunableLayer, default_kind, find_layers, prepare_model
 from pxp.data import LabelledData, Splits, load_data, make_splits
-from pxp.errors import InvalidDataError, InvalidSpecError, UnsupportedArchitectureError
+from pxp.errors import InvalidDataError, InvalidSpecError
 from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
 from pxp.pipeline.sanity import BaselineCheck, Preprocessing, check_baseline
@@ -148,12 +148,6 @@ def build_state(spec: JobSpec, report: Reporter) -> JobState:
     device = resolve_device(spec.device)
     if spec.search is not None or any(c.criterion == "lrp" for c in spec.criteria):
         require_lrp_support(loaded.model, spec.model.architecture, family)
-    blocker = removal_blocker(loaded.model) if spec.export.enabled else None
-    if blocker is not None:
-        raise UnsupportedArchitectureError(
-            f"{spec.model.architecture} cannot be exported pruned: {blocker}. Run with --no-export "
-            "(ExportSpec.enabled=false) for the curves and the mask."
-        )
     report("data", 1, message=f"loading data from {spec.data.source}")
     image_size = spec.data.image_size or info.image_size
     if spec.data.image_size and info.image_size_kwarg and spec.data.image_size != info.image_size:

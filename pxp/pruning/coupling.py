@@ -180,38 +180,44 @@ def component_graph(
         for group in graph.groups:
             if not group.members:
                 continue
+            # A unit (one root channel, or a stripe across a grouped conv's groups) is removed whole.
+            units = group.units
             members: dict[int, list[Component]] = defaultdict(list)
             for name, root_of in group.members:
                 for i, root in enumerate(root_of.tolist()):
                     if root >= 0:
-                        members[root].append((name, i))
+                        members[int(units[root])].append((name, i))
             cost_m = torch.zeros(group.size, dtype=torch.float64)
             cost_p = torch.zeros(group.size, dtype=torch.float64)
             for target in group.targets:
                 module = model.get_submodule(target.module)
                 fn = _out_cost if target.role == "out" else _in_cost
                 m, p = fn(module, macs.get(target.module, 0.0))
-                cost_m.index_add_(0, target.root, torch.full((len(target.root),), m, dtype=torch.float64))
-                cost_p.index_add_(0, target.root, torch.full((len(target.root),), p, dtype=torch.float64))
+                at = units[target.root]
+                cost_m.index_add_(0, at, torch.full((len(at),), m, dtype=torch.float64))
+                cost_p.index_add_(0, at, torch.full((len(at),), p, dtype=torch.float64))
+            pinned_unit = (
+                torch.zeros(group.size, dtype=torch.long).index_add_(0, units, group.pinned.long()) > 0
+            )
             removable = group.blocked is None
             dim = len(dim_sizes)
-            dim_sizes.append(group.size)
-            for root, comps in sorted(members.items()):
+            # Rounding counts units: a grouped conv's stripe is one channel of each of its conv groups.
+            dim_sizes.append(int(units.unique().numel()))
+            for unit, comps in sorted(members.items()):
                 comps = [c for c in comps if c not in seen]
                 if not comps:
                     continue
                 seen.update(comps)
-                pinned = bool(group.pinned[root])
                 groups.append(tuple(comps))
                 group_dims.append(dim)
-                ok = removable and not pinned
-                group_macs.append(float(cost_m[root]) if ok else 0.0)
-                group_params.append(float(cost_p[root]) if ok else 0.0)
+                ok = removable and not bool(pinned_unit[unit])
+                group_macs.append(float(cost_m[unit]) if ok else 0.0)
+                group_params.append(float(cost_p[unit]) if ok else 0.0)
                 drops.append(
                     tuple(
-                        (t.module, t.role, int((t.root == root).sum()))
+                        (t.module, t.role, int((units[t.root] == unit).sum()))
                         for t in group.targets
-                        if ok and bool((t.root == root).any())
+                        if ok and bool((units[t.root] == unit).any())
                     )
                 )
     for layer in layers:

@@ -120,7 +120,7 @@ class Recovery:
             consumers = [
                 (t.module, t.idx, t.root)
                 for t in group.targets
-                if t.role == "in" and isinstance(self.model.get_submodule(t.module), nn.Conv2d | nn.Linear)
+                if t.role == "in" and _foldable(self.model.get_submodule(t.module))
             ]
             if consumers:
                 folds[layer_name] = _Fold(layer_name, consumers)
@@ -374,6 +374,11 @@ class Recovery:
             for key, value in changed.items():
                 current[key].copy_(value)
         return clone.eval()
+
+
+def _foldable(module: nn.Module) -> bool:
+    """A consumer whose weight columns are its input channels (not a grouped conv's per-group slice)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
 def _solvable(module: nn.Module) -> bool:

@@ -81,11 +81,15 @@ def test_lrp_is_refused_with_the_reason_and_the_criteria_that_work(name: str, re
     assert reason in str(info.value) and "--criterion gradient" in str(info.value)
 
 
-def test_grouped_convs_run_the_criteria_but_refuse_export_early(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedArchitectureError, match=r"grouped convolution.*--no-export"):
-        pipeline.build_state(_spec("regnet_x_400mf"), pipeline.silent())
-    result = pipeline.run(_spec("regnet_x_400mf", ("weight", "gradient"), export=False), tmp_path)
-    assert [c.label for c in result.curves] == ["weight", "gradient"]
+@pytest.mark.slow  # ~70 s on 2 cores; tests/pxp/pruning/test_removal_families.py covers removal + export fast
+def test_grouped_convs_run_the_criteria_and_export_removed(tmp_path: Path) -> None:
+    result = pipeline.run(_spec("regnet_x_400mf", ("weight",)), tmp_path)
+    assert [c.label for c in result.curves] == ["weight"]
+    assert result.compression is not None
+    assert result.compression["components_removed"] > 0
+    assert result.compression["params_after"] < result.compression["params_before"]
+    model = load_compressed(tmp_path)
+    assert sum(p.numel() for p in model.parameters()) == result.compression["params_after"]
 
 
 def test_squeeze_excitation_gates_are_not_prunable_filters() -> None:

@@ -15,6 +15,25 @@ which is exactly what masking does. Decoupled channels (``conv1`` / ``conv2``
 inside blocks, every conv of a VGG) are always removed.
 :attr:`RemovalPlan.removed` / :attr:`RemovalPlan.zeroed` report the split.
 
+Depthwise-separable blocks couple the same way: a depthwise conv's channel ``c``
+reads only channel ``c`` of the conv that feeds it (an inverted residual's 1×1
+expansion, or the stem), so the expansion conv + BN, the depthwise conv + BN and
+the next 1×1 projection's input slice are one group with two producers; it is
+removed when both pruned it (ranked as one group, ``coupled=True``). A
+squeeze-excitation block on those channels follows the group: its reduce conv's
+input slice and its expand (gate) conv's output row are sliced, since the gate
+only multiplies a channel that is then zero. The gate conv is not a prunable layer
+(:mod:`pxp.components.gates`) and does not pin the channel.
+
+Grouped (non-depthwise) convs (ResNeXt, RegNet group widths) must keep equal-width
+groups, so their channels are removed in *stripes*: local index ``j`` of every conv
+group at once (output channels ``j, j + w, j + 2w, ...`` for group width ``w``; the
+same for the input channels, i.e. the producer's rows feeding them). Each group
+records, per root channel, the unit it goes with (:attr:`ChannelGroup.units`); a
+unit is removed only when every channel in it can be, otherwise its pruned
+channels are zeroed. The grouped conv keeps its ``groups`` and loses the same
+positions in every group.
+
 Torch-Pruning is used only to *find* the groups and the index mapping (also
 across ``flatten`` into the first Linear); slicing is ours
 (:mod:`pxp.pruning.removal.plan`), so the removed model and the fast curve sweep
@@ -60,6 +79,52 @@ class ChannelGroup:
     pinned: torch.Tensor
     #: Why no channel of the group can be removed, if so.
     blocked: str | None
+    #: Per root channel, the unit it is removed with (the smallest root of the unit). A unit is one
+    #: channel, except where the group feeds or is produced by a grouped (non-depthwise) conv: there
+    #: the same local index of every conv group goes together, so all groups keep equal width.
+    units: torch.Tensor
+
+
+def _depthwise(module: nn.Conv2d) -> bool:
+    return module.groups == module.in_channels == module.out_channels
+
+
+def _stripes(
+    module: nn.Conv2d, role: str, idx: torch.Tensor, root: torch.Tensor
+) -> list[torch.Tensor] | None:
+    """Root channels tied by a grouped conv: per local index, the roots at that index in every conv group.
+
+    None when ``idx`` does not cover whole stripes (some conv groups' channels lie outside this group).
+    """
+    size = module.out_channels if role == "out" else module.in_channels
+    per = size // module.groups
+    local = idx % per
+    stripes = []
+    for j in local.unique().tolist():
+        at = local == j
+        if int(at.sum()) != module.groups:
+            return None
+        stripes.append(root[at])
+    return stripes
+
+
+def _units(size: int, ties: list[torch.Tensor]) -> torch.Tensor:
+    """Union of the tied root channels: per root, the smallest root of its unit."""
+    parent = list(range(size))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for tie in ties:
+        roots = tie.tolist()
+        for other in roots[1:]:
+            a, b = find(roots[0]), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return torch.tensor([find(i) for i in range(size)], dtype=torch.long)
 
 
 def _dim_size(module: nn.Module, role: str) -> int:
@@ -77,13 +142,17 @@ class CnnChannelGraph:
     def __init__(self, prepared: nn.Module, layers: list[PrunableLayer], example: torch.Tensor) -> None:
         self.layers = list(layers)
         self._sizes: dict[tuple[str, str], int] = {}
+        self._gates: set[str] = set()
         self.groups = self._analyse(prepared, example)
 
     def _analyse(self, prepared: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
         import torch_pruning as tp
 
+        from pxp.components.gates import gate_convs
+
         names = {module: name for name, module in prepared.named_modules()}
         producers = {layer.producer: layer for layer in self.layers}
+        self._gates = gate_convs(prepared)
         x = example[:1].detach().clone().to(next(prepared.parameters()).device).requires_grad_(True)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
@@ -113,6 +182,7 @@ class CnnChannelGraph:
         members: list[tuple[str, torch.Tensor]] = []
         pinned = torch.zeros(size, dtype=torch.bool)
         blocked: str | None = None
+        ties: list[torch.Tensor] = []
         for item in group:
             module = item.dep.target.module
             idx = torch.as_tensor(list(item.idxs), dtype=torch.long)
@@ -124,22 +194,34 @@ class CnnChannelGraph:
                     blocked = blocked or f"channels reach a {kind.strip('_')}"
                 continue
             role = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            if not isinstance(module, SLICEABLE) or (isinstance(module, nn.Conv2d) and module.groups != 1):
+            if not isinstance(module, SLICEABLE):
                 blocked = (
                     blocked or f"channels reach {name} ({type(module).__name__}), which cannot be sliced"
                 )
                 continue
+            if isinstance(module, nn.Conv2d) and module.groups != 1 and not _depthwise(module):
+                stripes = _stripes(module, role, idx, root)
+                if stripes is None:
+                    blocked = blocked or (
+                        f"channels reach {name} (groups={module.groups}) in only part of its conv groups"
+                    )
+                    continue
+                ties.extend(stripes)
             self._sizes[(name, role)] = _dim_size(module, role)
             targets.append(_Target(name, role, idx, root))
             if role == "out" and isinstance(module, nn.Conv2d | nn.Linear):
                 layer = producers.get(name)
-                if layer is None:
+                if layer is None and name not in self._gates:
                     pinned[root] = True
+                elif layer is None:
+                    # A squeeze-excitation gate multiplies the channel: once the channel is zero
+                    # (all its producers pruned), the gate's row for it is dead and is sliced along.
+                    continue
                 else:
                     of = torch.full((layer.size,), -1, dtype=torch.long)
                     of[idx] = root
                     members.append((layer.name, of))
-        return ChannelGroup(size, tuple(targets), tuple(members), pinned, blocked)
+        return ChannelGroup(size, tuple(targets), tuple(members), pinned, blocked, _units(size, ties))
 
     def plan(self, keep: dict[str, torch.Tensor]) -> RemovalPlan:
         """Physically remove every channel whose whole group pruned it; zero the other pruned ones."""
@@ -165,6 +247,10 @@ class CnnChannelGraph:
                 removable[root_of[mask]] = False
                 covered[root_of] = True
             removable &= covered
+            # A unit goes only when every root channel in it can go.
+            units = group.units
+            blocking = torch.zeros(group.size, dtype=torch.long).index_add_(0, units, (~removable).long())
+            removable &= blocking[units] == 0
             if not bool(removable.any()):
                 continue
             for layer_name, root_of in group.members:

@@ -122,13 +122,43 @@ def cut_tensors(module: nn.Module, cut: ModuleCut) -> dict[str, torch.Tensor]:
     raise UnsupportedArchitectureError(f"structural removal cannot slice a {type(module).__name__}")
 
 
+def _local_keep(keep: torch.Tensor, size: int, groups: int, what: str) -> torch.Tensor:
+    """The per-group positions kept by ``keep`` (global indices), which must be the same in every group."""
+    per = size // groups
+    local = keep[keep < per]
+    if keep.numel() != local.numel() * groups or not torch.equal(
+        keep, (torch.arange(groups)[:, None] * per + local[None, :]).flatten()
+    ):
+        raise UnsupportedArchitectureError(
+            f"a grouped convolution (groups={groups}) must keep the same {what} channels in every group"
+        )
+    return local
+
+
+def _cut_grouped(module: nn.Conv2d, cut: ModuleCut) -> dict[str, torch.Tensor]:
+    """A grouped (non-depthwise) conv keeps its groups; every group loses the same local channels.
+
+    Output channels index the weight's rows; input channels its per-group input
+    slice (dimension 1 holds ``in_channels // groups`` positions).
+    """
+    weight = _zeroed(module.weight, cut.zero_out)
+    assert weight is not None
+    if cut.out_keep is not None:
+        _local_keep(cut.out_keep, module.out_channels, module.groups, "output")
+    out = {"weight": _index(weight, 0, cut.out_keep)}
+    if cut.in_keep is not None:
+        local = _local_keep(cut.in_keep, module.in_channels, module.groups, "input")
+        out["weight"] = _index(out["weight"], 1, local)
+    bias = _zeroed(module.bias, cut.zero_out)
+    if bias is not None:
+        out["bias"] = _index(bias, 0, cut.out_keep)
+    return out
+
+
 def _cut_depthwise(module: nn.Conv2d, cut: ModuleCut) -> dict[str, torch.Tensor]:
     """A depthwise conv (one filter per channel): its input and output channels go together."""
     if not module.groups == module.in_channels == module.out_channels:
-        raise UnsupportedArchitectureError(
-            "structural removal supports depthwise but not other grouped convolutions "
-            f"(groups={module.groups}, {module.in_channels} -> {module.out_channels} channels)"
-        )
+        return _cut_grouped(module, cut)
     keep = cut.out_keep if cut.out_keep is not None else cut.in_keep
     if cut.out_keep is not None and cut.in_keep is not None and not torch.equal(cut.out_keep, cut.in_keep):
         raise UnsupportedArchitectureError("a depthwise conv must keep the same input and output channels")
@@ -199,9 +229,12 @@ def cut_copy(model: nn.Module, cuts: dict[str, ModuleCut]) -> nn.Module:
 
 def _sizes(module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, int]:
     weight = tensors["weight"] if "weight" in tensors else tensors["running_mean"]
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
+    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels != 1:
         n = int(weight.shape[0])
         return {"out_channels": n, "in_channels": n, "groups": n}
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        g = module.groups
+        return {"out_channels": int(weight.shape[0]), "in_channels": int(weight.shape[1]) * g, "groups": g}
     if isinstance(module, nn.Conv2d):
         return {"out_channels": int(weight.shape[0]), "in_channels": int(weight.shape[1])}
     if isinstance(module, nn.Linear):
