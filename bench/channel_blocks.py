@@ -20,7 +20,9 @@ from pxp.pruning.hardware import channel_block
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--channels", default="40-66", help="range lo-hi (inclusive) of channel counts")
     parser.add_argument("--size", type=int, default=16, help="feature-map side")
     parser.add_argument("--batch", type=int, default=32)
