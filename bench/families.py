@@ -2,8 +2,9 @@
 
 For each architecture, with random weights (seed 0) on the bundled digits at
 ``--image-size`` (the accuracy gate overridden: random weights are at chance), one
-job prunes ``--rate`` of the components with the ``weight`` criterion, ranked as coupled
-groups (``PruneSpec.coupled``, what ``pxp compress`` does by default), and exports it.
+job prunes ``--rate`` of the components with the ``weight`` criterion, ranked as ``pxp
+compress`` ranks by default (coupled groups, relevance / MACs^β with β = 1, channel counts
+rounded to the device's block), and exports it.
 Every other criterion the family supports is scored too (✓ ran, ✗ failed, — refused:
 LRP where it is not faithful). Removal is verified against masking inside the job.
 The same scores ranked independently (the paper's ranking, ``--paper``) are planned too,
@@ -109,6 +110,9 @@ def _spec(
             rate=args.rate,
             components=components,  # type: ignore[arg-type]
             coupled=coupled,
+            # pxp compress's ranking: rounded to the device's channel block, relevance / MACs^β with β = 1.
+            round_to="auto" if coupled else 1,
+            cost_exponent=1.0 if coupled else 0.0,
         ),
         export=ExportSpec(enabled=export is not None, formats=export or ["safetensors"]),  # type: ignore[arg-type]
         explain=ExplainSpec(enabled=export is None),
