@@ -153,30 +153,23 @@ def _builtin() -> dict[str, ArchitectureInfo]:
             forbidden_kwargs=tv_forbidden,
             inferable={"num_classes": "num_classes", "image_size": "image_size"},
         )
-    for name, target in _MLP_MODELS:
-        table[name] = ArchitectureInfo(
-            name=name,
-            family="vit",
-            builder=_torchvision(name, target),
-            default_kwargs={"num_classes": 1000},
-            input_channels=3,
-            image_size=224,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            forbidden_kwargs=tv_forbidden,
-        )
-    for name, target in _EXTRA_CNNS:
-        table[name] = ArchitectureInfo(
-            name=name,
-            family="cnn",
-            builder=_torchvision(name, target),
-            default_kwargs={"num_classes": 1000},
-            input_channels=3,
-            image_size=224,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            forbidden_kwargs=tv_forbidden,
-        )
+    families: list[tuple[Family, tuple[tuple[str, str], ...]]] = [
+        ("vit", _MLP_MODELS),
+        ("cnn", _EXTRA_CNNS),
+    ]
+    for family, models in families:
+        for name, target in models:
+            table[name] = ArchitectureInfo(
+                name=name,
+                family=family,
+                builder=_torchvision(name, target),
+                default_kwargs={"num_classes": 1000},
+                input_channels=3,
+                image_size=224,
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
+                forbidden_kwargs=tv_forbidden,
+            )
     vit_descriptors = ("image_size", "patch_size", "num_layers", "hidden_dim", "mlp_dim", "num_classes")
     generics: list[tuple[str, Family, Callable[..., nn.Module], tuple[str, ...], str | None]] = [
         (

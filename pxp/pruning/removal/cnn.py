@@ -52,7 +52,7 @@ from torch import nn
 
 from pxp.components import PrunableLayer
 from pxp.errors import InvalidSpecError
-from pxp.pruning.removal.plan import SLICEABLE, ModuleCut, RemovalPlan, resized
+from pxp.pruning.removal.plan import SLICEABLE, ModuleCut, RemovalPlan, checked_mask, resized
 
 #: Torch-Pruning pseudo-ops a channel may pass through and still be removed (index mapping is known).
 _PASS_THROUGH = ("_ElementWiseOp", "_ReshapeOp", "_ConcatOp", "_SplitOp")
@@ -226,13 +226,7 @@ class CnnChannelGraph:
     def plan(self, keep: dict[str, torch.Tensor]) -> RemovalPlan:
         """Physically remove every channel whose whole group pruned it; zero the other pruned ones."""
         for layer in self.layers:
-            mask = keep.get(layer.name)
-            if mask is None or mask.numel() != layer.size:
-                raise InvalidSpecError(f"keep-mask for layer {layer.name} missing or of wrong size")
-            if not bool(mask.any()):
-                raise InvalidSpecError(
-                    f"layer {layer.name} keeps no component; structural removal needs min_keep >= 1"
-                )
+            checked_mask(keep, layer)
         drops: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
         removed_component: dict[str, torch.Tensor] = {
             layer.name: torch.zeros(layer.size, dtype=torch.bool) for layer in self.layers

@@ -16,7 +16,7 @@ from torch import nn
 from pxp.components import PrunableLayer
 from pxp.components.vit.mlp import MlpUnits, SplitGluMlp, find_mlp_units, fuse_glu_mlps
 from pxp.errors import InvalidSpecError
-from pxp.pruning.removal.plan import ModuleCut, RemovalPlan
+from pxp.pruning.removal.plan import ModuleCut, RemovalPlan, checked_mask
 
 
 class MlpPlanner:
@@ -45,14 +45,7 @@ class MlpPlanner:
         """Which rows / columns survive for these keep-masks."""
         plan = RemovalPlan()
         for layer in self.layers:
-            mask = keep.get(layer.name)
-            if mask is None or mask.numel() != layer.size:
-                raise InvalidSpecError(f"keep-mask for layer {layer.name} missing or of wrong size")
-            mask = mask.to("cpu", torch.bool)
-            if not bool(mask.any()):
-                raise InvalidSpecError(
-                    f"layer {layer.name} keeps no component; structural removal needs min_keep >= 1"
-                )
+            mask = checked_mask(keep, layer)
             kept, pruned = mask.nonzero().flatten(), (~mask).nonzero().flatten()
             plan.removed[layer.name], plan.zeroed[layer.name] = pruned.tolist(), []
             if not pruned.numel():

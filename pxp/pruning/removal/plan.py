@@ -13,7 +13,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from pxp.errors import UnsupportedArchitectureError
+from pxp.components import PrunableLayer
+from pxp.errors import InvalidSpecError, UnsupportedArchitectureError
 from pxp.models.compressed import resize_module
 
 #: Module types whose channels :func:`cut_tensors` can slice.
@@ -240,3 +241,16 @@ def _sizes(module: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, int
     if isinstance(module, nn.Linear):
         return {"out_features": int(weight.shape[0]), "in_features": int(weight.shape[1])}
     return {"num_features": int(weight.shape[0])}
+
+
+def checked_mask(keep: dict[str, torch.Tensor], layer: PrunableLayer) -> torch.Tensor:
+    """``layer``'s keep-mask as a CPU bool tensor; an error if missing, mis-sized or keeping nothing."""
+    mask = keep.get(layer.name)
+    if mask is None or mask.numel() != layer.size:
+        raise InvalidSpecError(f"keep-mask for layer {layer.name} missing or of wrong size")
+    mask = mask.to("cpu", torch.bool)
+    if not bool(mask.any()):
+        raise InvalidSpecError(
+            f"layer {layer.name} keeps no component; structural removal needs min_keep >= 1"
+        )
+    return mask

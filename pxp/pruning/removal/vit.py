@@ -32,7 +32,7 @@ from pxp.components import PrunableLayer
 from pxp.components.vit.modules import ExplicitEncoderBlock, ExplicitSelfAttention, ExplicitTimmBlock
 from pxp.errors import InvalidSpecError, UnsupportedArchitectureError
 from pxp.models.compressed import PrunedMultiheadAttention
-from pxp.pruning.removal.plan import ModuleCut, RemovalPlan
+from pxp.pruning.removal.plan import ModuleCut, RemovalPlan, checked_mask
 
 
 def _fc2_of(prepared: nn.Module, fc1: str) -> str:
@@ -69,14 +69,7 @@ class VitPlanner:
     def plan(self, keep: dict[str, torch.Tensor]) -> RemovalPlan:
         plan = RemovalPlan()
         for layer in self.layers:
-            mask = keep.get(layer.name)
-            if mask is None or mask.numel() != layer.size:
-                raise InvalidSpecError(f"keep-mask for layer {layer.name} missing or of wrong size")
-            mask = mask.to("cpu", torch.bool)
-            if not bool(mask.any()):
-                raise InvalidSpecError(
-                    f"layer {layer.name} keeps no component; structural removal needs min_keep >= 1"
-                )
+            mask = checked_mask(keep, layer)
             kept, pruned = mask.nonzero().flatten(), (~mask).nonzero().flatten()
             if layer.kind == "fc2":
                 plan.removed[layer.name], plan.zeroed[layer.name] = [], pruned.tolist()
