@@ -94,7 +94,7 @@ def job_spec(model: str, args: argparse.Namespace, search: bool) -> JobSpec:
     return JobSpec(
         model=ModelSpec(architecture=model, kwargs=TINY_KWARGS[model] if args.tiny else {}),
         criteria=criteria,
-        splits=SplitSpec(max_eval_samples=args.max_eval_samples),
+        splits=SplitSpec(max_eval_samples=args.max_eval_samples, seed=args.split_seed),
         prune=PruneSpec(),
         search=SearchSpec(trials=args.trials, seed=0) if search else None,
         export=ExportSpec(),
@@ -191,6 +191,10 @@ def convergence(args: argparse.Namespace) -> None:
                 f"| {outcome.trials_pruned} | {elapsed:.0f} |",
                 flush=True,
             )
+            best_trial = max(
+                (r for r in outcome.history if r["state"] == "COMPLETE"), key=lambda r: r["value"]
+            )
+            print(f"<!-- best: trial {best_trial['number']}, {best_trial['params']} -->", flush=True)
 
 
 def main() -> None:
@@ -206,6 +210,9 @@ def main() -> None:
     parser.add_argument("--first-sampler-seed", type=int, default=100)
     parser.add_argument(
         "--max-eval-samples", type=int, default=None, help="cap on the search and test splits"
+    )
+    parser.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the reference / search / test splits"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--tiny", action="store_true", help="the zoo's tiny configurations (smoke runs)")
