@@ -47,6 +47,7 @@ from pxp.search.space import (
     TrialConfig,
     composite_groups,
     default_config,
+    has_residual_sum,
     known_good_configs,
     literature_configs,
 )
@@ -217,7 +218,8 @@ def run_search(
         )
     starts += literature_configs(space)
     if not baseline:
-        starts += known_good_configs(space)
+        residual = family == "cnn" and has_residual_sum(model)
+        starts += known_good_configs(space, residual=residual)
     seen: set[str] = set()
     enqueue = []
     for role, config in starts:
