@@ -133,7 +133,7 @@ def test_exceptions_from_on_rate_propagate_and_stop_the_curve() -> None:
     assert seen == [0, 1]  # not retried by masking after the callback stopped it
 
 
-@pytest.mark.parametrize("name", ["digits_vgg", "digits_resnet18"])
+@pytest.mark.parametrize("name", ["digits_resnet18", pytest.param("digits_vgg", marks=pytest.mark.slow)])
 def test_recovered_curve_staged_equals_the_unstaged_reference(name: str) -> None:
     """With recovery, the fast (staged) method refits bitwise the same weights and gives the same curve."""
     from pxp.pruning.recovery import Recovery, recovered_curve
