@@ -113,7 +113,8 @@ class Recovery:
         self._targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.ridge = ridge
         self.max_rows = max_rows
-        #: Least-squares captures run staged (see the module docstring); False: full forward passes.
+        #: Least-squares captures run staged (see the module docstring) and gather a batch's
+        #: patches at once; False: full forward passes and a per-sample gather (the old path).
         self.staged = staged
         self._stages: _Stages | None = None
         self._call_at: dict[str, int] = {}
@@ -209,6 +210,22 @@ class Recovery:
         design, target = [], []
         ky = torch.arange(kh, device=x.device) * dh
         kx = torch.arange(kw, device=x.device) * dw
+        if self.staged and len(x):
+            # One gather for the whole batch (every sample has the same number of positions):
+            # the same values in the same order as the per-sample loop below, without its overhead.
+            pos = torch.stack([self._positions(first + b, height * width) for b in range(len(x))]).to(
+                x.device
+            )
+            oy, ox = pos // width, pos % width  # (B, P)
+            rows = (oy * sh)[..., None] + ky  # (B, P, kh)
+            cols = (ox * sw)[..., None] + kx  # (B, P, kw)
+            sample = torch.arange(len(x), device=x.device)
+            patches = xp[
+                sample[:, None, None, None], :, rows[:, :, :, None], cols[:, :, None, :]
+            ]  # (B, P, kh, kw, C)
+            flat = patches.permute(0, 1, 4, 2, 3).reshape(pos.numel(), -1)
+            outputs = out[sample[:, None], :, oy, ox]  # (B, P, O)
+            return flat, outputs.reshape(pos.numel(), -1)
         for b in range(len(x)):
             pos = self._positions(first + b, height * width).to(x.device)
             oy, ox = pos // width, pos % width
