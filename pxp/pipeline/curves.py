@@ -9,7 +9,6 @@ from pxp.pipeline.state import JobState
 from pxp.pruning.curve import area_under_curve, safe_rate
 from pxp.pruning.evaluate import evaluate_curve
 from pxp.pruning.ranking import PruneOrder
-from pxp.pruning.recovery import recovered_curve
 from pxp.spec import CurveResult
 from pxp.stages import StageStore, stage_key
 
@@ -33,16 +32,20 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
     if cached is not None:
         return CurveResult.model_validate(cached)
     x, y = state.test if split == "test" else state.search
-    if prune.recovery:
-        # Recovery changes the model per rate (refitted weights, re-estimated BN): the fast
-        # sweep's sliced prefixes would not be that model, so each rate is masked and recovered.
-        accuracies = recovered_curve(recovery(state), order, prune.rates, x, y)
-    else:
-        # The fast sweep's accuracies are identical to masking's, so the cache key does not name the method.
-        planner = state.planner() if state.curve_method == "auto" else None
-        accuracies = evaluate_curve(
-            state.prepared, order, prune.rates, x, y, method=state.curve_method, planner=planner
-        )
+    # Every method evaluate_curve picks gives the same accuracies (with recovery: those of the
+    # masked, recovered model at each rate), so the cache key does not name the method.
+    with_recovery = recovery(state) if prune.recovery else None
+    planner = state.planner() if state.curve_method == "auto" and with_recovery is None else None
+    accuracies = evaluate_curve(
+        state.prepared,
+        order,
+        prune.rates,
+        x,
+        y,
+        method=state.curve_method,
+        planner=planner,
+        recovery=with_recovery,
+    )
     safe = safe_rate(prune.rates, accuracies, prune.max_accuracy_drop)
     keep = order.keep_masks(safe)
     macs_removed = params_removed = None

@@ -14,6 +14,19 @@ defines it. It picks how:
   reason), when the caller asks for it (``method="masked"``), or when a per-rate
   ``transform`` changes the evaluated model beyond a plain mask.
 
+With **recovery** (``recovery=``, a :class:`~pxp.pruning.recovery.Recovery` with
+methods), every rate is the masked *and recovered* model, exactly as
+:func:`pxp.pruning.recovery.recovered_curve` defines it; the fastest exact method is
+``"recovered-staged"``: least squares' reference captures run staged (each stops at
+its consumer and resumes from the deepest cut the previous one passed; bitwise the
+same refits), and a rate whose masks equal the previous rate's reuses its accuracy.
+The sliced fast sweep is not used there: its float32 summation order differs from
+the masked model's, and a recovery fitted on the sliced model would refit different
+numbers (least squares, BN statistics), so its accuracies would not be the masked
+recovered model's; and most of a recovered rate's cost is the recovery's reference
+passes, which slicing the evaluation would not remove. ``method="masked"`` with
+recovery is the unstaged reference (the old path).
+
 A fast sweep that fails part-way hands the remaining rates to masking: rates
 already reported through ``on_rate`` are not evaluated twice, and exceptions
 raised *by* ``on_rate`` (an Optuna ``TrialPruned``, a cancellation) propagate
@@ -35,6 +48,7 @@ from pxp.pruning.curve import accuracy
 from pxp.pruning.fast_curve import SweepStats, fast_curve
 from pxp.pruning.masking import masked
 from pxp.pruning.ranking import PruneOrder
+from pxp.pruning.recovery import Recovery
 from pxp.pruning.removal import removal_planner
 from pxp.pruning.removal.plan import Planner
 
@@ -52,7 +66,8 @@ RateCallback = Callable[[int, float, float], None]
 class CurveInfo:
     """How :func:`evaluate_curve` computed a curve (for benchmarks and logs)."""
 
-    #: Per rate (in the order given): "fast" or "masked".
+    #: Per rate (in the order given): "fast", "masked", "recovered-staged" or "recovered"
+    #: (suffixed "(repeat)" where the masks equal the previous rate's and the accuracy was reused).
     methods: list[str] = field(default_factory=list)
     #: Why the fast sweep was not used (or stopped), if it was not.
     fallback_reason: str | None = None
@@ -107,6 +122,36 @@ def _masked_rates(
         report(i, rates[i], acc, "masked")
 
 
+def _recovered_rates(
+    recovery: Recovery,
+    order: PruneOrder,
+    rates: list[float],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    staged: bool,
+    report: Callable[[int, float, float, str], None],
+) -> None:
+    how = "recovered-staged" if staged else "recovered"
+    previous: dict[str, torch.Tensor] | None = None
+    last = 0.0
+    was = recovery.staged
+    recovery.staged = staged
+    try:
+        for i, rate in enumerate(rates):
+            keep = order.keep_masks(rate)
+            if staged and previous is not None and all(torch.equal(keep[n], previous[n]) for n in keep):
+                # Same masks, same recovered model (recovery is deterministic): same accuracy.
+                report(i, rate, last, f"{how} (repeat)")
+                continue
+            with recovery.applied(keep) as model:
+                last = accuracy(model, x, y, batch_size)
+            previous = keep
+            report(i, rate, last, how)
+    finally:
+        recovery.staged = was
+
+
 def evaluate_curve(
     model: nn.Module,
     order: PruneOrder,
@@ -120,6 +165,7 @@ def evaluate_curve(
     method: CurveMethod = "auto",
     planner: Planner | Literal["build"] | None = "build",
     info: CurveInfo | None = None,
+    recovery: Recovery | None = None,
 ) -> list[float]:
     """Top-1 accuracy at each rate (evaluated in the order given), identical to ``masked_curve``.
 
@@ -144,6 +190,9 @@ def evaluate_curve(
         planner: a planner from :func:`make_planner` to reuse across calls; ``None``
             (no planner could be built) means masked; ``"build"`` builds one here.
         info: filled with which method evaluated each rate and why the fast one was not used.
+        recovery: evaluate every rate masked and recovered by it (see the module
+            docstring); ``None`` or one without methods: plain masks. Not combinable
+            with ``transform``.
     """
     info = info if info is not None else CurveInfo()
     info.methods = [""] * len(rates)
@@ -154,6 +203,14 @@ def evaluate_curve(
         info.methods[i] = how
         if on_rate is not None:
             on_rate(i, rate, acc)
+
+    if recovery is not None and recovery.enabled:
+        if transform is not None:
+            raise ValueError("give either a recovery or a transform, not both")
+        if method != "auto":
+            info.fallback_reason = f"method={method!r}"
+        _recovered_rates(recovery, order, rates, x, y, batch_size, method == "auto", report)
+        return [float(acc) for acc in accuracies if acc is not None]
 
     def fast_report(i: int, rate: float, acc: float) -> None:
         try:

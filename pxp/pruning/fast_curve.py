@@ -121,9 +121,17 @@ class _Stages:
         return out
 
     def run(
-        self, model: nn.Module, start: int, value: torch.Tensor, keep_at: set[int]
+        self,
+        model: nn.Module,
+        start: int,
+        value: torch.Tensor,
+        keep_at: set[int],
+        stop: int | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Evaluate from cut ``start`` (0: ``value`` is the input); return the output and the values at ``keep_at``."""
+        """Evaluate from cut ``start`` (0: ``value`` is the input); return the output and the values at ``keep_at``.
+
+        With ``stop``, the run ends right after node ``stop`` and returns that node's value.
+        """
         modules = dict(model.named_modules())
         env: dict[torch.fx.Node, Any] = {self.cuts[start] if start else self.placeholder: value}
         kept: dict[int, torch.Tensor] = {}
@@ -148,6 +156,8 @@ class _Stages:
                 env[node] = getattr(self_obj, str(node.target))(*rest, **kwargs)
             elif node.op == "get_attr":
                 env[node] = _fetch_attr(model, str(node.target))
+            if i == stop:
+                return env[node], kept
             for used in node.all_input_nodes:
                 if self.last_use[self.position[used]] <= i:
                     env.pop(used, None)

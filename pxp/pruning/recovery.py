@@ -34,6 +34,18 @@ Three transforms, applied in this order to the masked model at one rate:
     samples with the masks in place (cumulative average, one pass, the other
     modules in eval mode), so each BN normalises what it now receives.
 
+**Staged captures** (``staged=True``, the default): least squares needs, for every
+refitted consumer, its input on the reference samples in the current (masked, partly
+refitted) model. Without staging each capture is a full forward pass. Staged, the
+model runs as its fx graph (:class:`pxp.pruning.fast_curve._Stages`), a capture stops
+right after its consumer, and the next capture starts from the deepest cut (a point
+where one tensor carries everything) that the previous one passed: no module before
+that cut has changed since (a refit changes only the consumer just captured, which
+lies at or after every cut kept). The ops are the model's own, so the design rows,
+the refitted weights and the accuracies are bitwise those of the unstaged path
+(tested); a model that cannot be traced, or whose staged run differs from its
+forward, is captured unstaged.
+
 Both modify parameters and buffers of the model in place; :meth:`Recovery.applied`
 restores them on exit, so a curve can evaluate many rates on one model, and the
 export can remove the pruned components from the recovered masked model and
@@ -51,6 +63,7 @@ from torch import nn
 
 from pxp.attribution.engine import batches
 from pxp.components import Family, PrunableLayer
+from pxp.pruning.fast_curve import _Stages, _trace
 from pxp.pruning.masking import masked
 from pxp.pruning.ranking import PruneOrder
 from pxp.spec import RecoveryName
@@ -81,6 +94,7 @@ class Recovery:
         batch_size: int = 256,
         ridge: float = 1e-3,
         max_rows: int = 8192,
+        staged: bool = True,
     ) -> None:
         unknown = sorted(set(methods) - set(RECOVERIES))
         if unknown:
@@ -99,6 +113,12 @@ class Recovery:
         self._targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.ridge = ridge
         self.max_rows = max_rows
+        #: Least-squares captures run staged (see the module docstring) and gather a batch's
+        #: patches at once; False: full forward passes and a per-sample gather (the old path).
+        self.staged = staged
+        self._stages: _Stages | None = None
+        self._call_at: dict[str, int] = {}
+        self._stages_built = False
         if family == "cnn" and {"mean_fold", "least_squares"} & set(self.methods):
             self._prepare_fold()
         if "least_squares" in self.methods:
@@ -190,6 +210,22 @@ class Recovery:
         design, target = [], []
         ky = torch.arange(kh, device=x.device) * dh
         kx = torch.arange(kw, device=x.device) * dw
+        if self.staged and len(x):
+            # One gather for the whole batch (every sample has the same number of positions):
+            # the same values in the same order as the per-sample loop below, without its overhead.
+            pos = torch.stack([self._positions(first + b, height * width) for b in range(len(x))]).to(
+                x.device
+            )
+            oy, ox = pos // width, pos % width  # (B, P)
+            rows = (oy * sh)[..., None] + ky  # (B, P, kh)
+            cols = (ox * sw)[..., None] + kx  # (B, P, kw)
+            sample = torch.arange(len(x), device=x.device)
+            patches = xp[
+                sample[:, None, None, None], :, rows[:, :, :, None], cols[:, :, None, :]
+            ]  # (B, P, kh, kw, C)
+            flat = patches.permute(0, 1, 4, 2, 3).reshape(pos.numel(), -1)
+            outputs = out[sample[:, None], :, oy, ox]  # (B, P, O)
+            return flat, outputs.reshape(pos.numel(), -1)
         for b in range(len(x)):
             pos = self._positions(first + b, height * width).to(x.device)
             oy, ox = pos // width, pos % width
@@ -200,9 +236,37 @@ class Recovery:
             target.append(out[b][:, oy, ox].T)
         return torch.cat(design), torch.cat(target)
 
+    def _staging(self) -> _Stages | None:
+        """The model's fx stages for staged captures (built once), or None where staging is not exact."""
+        if not self._stages_built:
+            self._stages_built = True
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                stages = _trace(self.model, self.model, self.x[: min(len(self.x), 4)])
+            finally:
+                self.model.train(was_training)
+            if stages is not None:
+                calls: dict[str, list[int]] = {}
+                for i, node in enumerate(stages.nodes):
+                    if node.op == "call_module":
+                        calls.setdefault(str(node.target), []).append(i)
+                # A consumer is staged only if the graph calls it exactly once, as a whole.
+                self._call_at = {name: at[0] for name, at in calls.items() if len(at) == 1}
+                if not all(layer.name in self._call_at for layer in self.layers):
+                    stages = (
+                        None  # a mask hook point the graph does not call as a module: its hook would not run
+                    )
+            self._stages = stages
+        return self._stages
+
     @torch.no_grad()
-    def _capture(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(design rows, output rows) of consumer ``name`` on the reference samples, current model state."""
+    def _capture(self, name: str, resume: _Resume | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(design rows, output rows) of consumer ``name`` on the reference samples, current model state.
+
+        With ``resume`` (staged), the forward starts from ``resume``'s cut where valid and
+        stops right after ``name``; ``resume`` then holds the deepest cut passed.
+        """
         module = self.model.get_submodule(name)
         inputs: list[torch.Tensor] = []
         outputs: list[torch.Tensor] = []
@@ -213,12 +277,20 @@ class Recovery:
             inputs.append(design)
             outputs.append(target)
 
+        stop = self._call_at.get(name) if resume is not None else None
         handle = module.register_forward_hook(hook)
         try:
-            for part in batches(len(self.x), self.batch_size):
+            if resume is not None and stop is not None:
+                resume.begin(stop)
+            for b, part in enumerate(batches(len(self.x), self.batch_size)):
                 xb = self.x[part]
-                self.model(xb)
+                if resume is not None and stop is not None:
+                    resume.step(self.model, b, xb, stop)
+                else:
+                    self.model(xb)
                 first += len(xb)
+            if resume is not None and stop is not None:
+                resume.finish()
         finally:
             handle.remove()
         return torch.cat(inputs), torch.cat(outputs)
@@ -241,6 +313,8 @@ class Recovery:
             for consumer, idx, root in fold.consumers:
                 if bool(dead[root].any()):
                     dead_inputs.setdefault(consumer, []).append(idx[dead[root]])
+        stages = self._staging() if self.staged else None
+        resume = _Resume(stages) if stages is not None else None
         for name in self._consumers_in_order():
             if name not in dead_inputs:
                 continue
@@ -252,7 +326,8 @@ class Recovery:
             gone = torch.zeros(weight.shape[1], dtype=torch.bool)
             gone[torch.cat(dead_inputs[name])] = True
             alive_cols = (~gone).repeat_interleave(per_input).to(weight.device)
-            x, _ = self._capture(name)
+            # Refitting ``name`` below changes nothing before it: the cut ``resume`` keeps stays valid.
+            x, _ = self._capture(name, resume)
             _, y = self._targets[name]
             a = x[:, alive_cols].double()
             target = y.double()
@@ -379,6 +454,42 @@ class Recovery:
 def _foldable(module: nn.Module) -> bool:
     """A consumer whose weight columns are its input channels (not a grouped conv's per-group slice)."""
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
+class _Resume:
+    """Reference-set activations at one cut of the current model state: where the next staged capture starts."""
+
+    def __init__(self, stages: _Stages) -> None:
+        self.stages = stages
+        self.cut = 0
+        self.values: list[torch.Tensor] = []
+        self._start = 0
+        self._deepest: int | None = None
+        self._new: list[torch.Tensor] = []
+
+    def begin(self, stop: int) -> None:
+        """Plan a capture that stops at node ``stop``: start from the kept cut if it lies at or before it."""
+        if self.cut > stop:
+            # The consumer at ``stop`` is refitted after this capture: a cut after it goes stale.
+            self.cut, self.values = 0, []
+        self._start = self.cut
+        later = [c for c in self.stages.cuts if self._start < c <= stop]
+        self._deepest = max(later, default=None)
+        self._new = []
+
+    def step(self, model: nn.Module, b: int, xb: torch.Tensor, stop: int) -> None:
+        """Run batch ``b`` up to node ``stop``, keeping its value at the deepest cut passed."""
+        # A clone: an in-place op after the cut must not alter the kept value.
+        value = self.values[b].clone() if self._start else xb
+        keep_at = {self._deepest} if self._deepest is not None else set()
+        _, kept = self.stages.run(model, self._start, value, keep_at, stop=stop)
+        if self._deepest is not None:
+            self._new.append(kept[self._deepest].clone())
+
+    def finish(self) -> None:
+        if self._deepest is not None:
+            self.cut, self.values = self._deepest, self._new
+        self._new = []
 
 
 def _solvable(module: nn.Module) -> bool:

@@ -16,6 +16,12 @@ passes cost more than ε ones) plus one curve without its rate-0 point, evaluate
 by :func:`pxp.pruning.evaluate.evaluate_curve` (the fast sweep where it is exact)
 with a removal planner built once per search.
 
+**Scoring what is exported.** With ``recovery`` (the job's ``prune.recovery``), every
+curve point, the rate-0 one included, is the masked *and recovered* model, as the
+pipeline's curves and the export evaluate it (:func:`evaluate_curve` with recovery:
+staged least-squares captures, bitwise the unstaged numbers); with ``ranker`` the
+trial's scores are ranked as the job ranks them (coupled groups, cost exponent).
+
 **Exact early stopping.** ``evaluate(config, beat=v)`` stops the curve, raising
 :class:`CannotBeat`, as soon as the trial's A_PR can no longer exceed ``v`` even
 if every rate not yet evaluated scored accuracy 1.0. That bound is the only one
@@ -48,7 +54,8 @@ from pxp.attribution.memory import fit_batch_size
 from pxp.components import Family, PrunableLayer, aggregate
 from pxp.pruning.curve import accuracy, area_under_curve
 from pxp.pruning.evaluate import CurveMethod, evaluate_curve, make_planner
-from pxp.pruning.ranking import rank
+from pxp.pruning.ranking import PruneOrder, rank
+from pxp.pruning.recovery import Recovery
 from pxp.pruning.removal.plan import Planner
 from pxp.search.rates import coarse_to_fine, estimated_apr
 from pxp.search.space import TrialConfig
@@ -59,6 +66,8 @@ Scores = dict[str, torch.Tensor]
 PointCallback = Callable[[int, float, float, float], None]
 #: The order a trial's rates are evaluated in (see the module docstring).
 RateOrder = Literal["coarse_to_fine", "descending"]
+#: ``ranker(scores, normalize_per_layer) -> order``: how the job ranks scores (default: :func:`rank`).
+Ranker = Callable[[Scores, bool], PruneOrder]
 #: A trial is stopped only when its A_PR bound is below the value to beat by more than this.
 BOUND_MARGIN = 1e-9
 
@@ -165,6 +174,10 @@ class TrialEvaluator:
     #: "auto": the fast sweep where exact; "masked": the reference (to benchmark against).
     curve_method: CurveMethod = "auto"
     rate_order: RateOrder = "coarse_to_fine"
+    #: The job's recovery: curves score the recovered model, as exported (None: plain masks).
+    recovery: Recovery | None = None
+    #: The job's ranking (coupled groups, cost exponent); None: :func:`rank` with ``min_keep``.
+    ranker: Ranker | None = None
     _shared: SharedCanonization = field(init=False)
     _scores: dict[str, dict[Aggregation, Scores]] = field(init=False, default_factory=dict)
     _results: dict[str, TrialMeasure] = field(init=False, default_factory=dict)
@@ -185,7 +198,12 @@ class TrialEvaluator:
         self._planner: Planner | None = None
         self._planned = False
         self._shared = SharedCanonization(self.model, self.family)
-        self.unpruned_accuracy = accuracy(self.model, *self.evaluation, self.eval_batch_size)
+        if self.recovery is not None and self.recovery.enabled:
+            unpruned = {layer.name: torch.ones(layer.size, dtype=torch.bool) for layer in self.layers}
+            with self.recovery.applied(unpruned) as recovered:
+                self.unpruned_accuracy = accuracy(recovered, *self.evaluation, self.eval_batch_size)
+        else:
+            self.unpruned_accuracy = accuracy(self.model, *self.evaluation, self.eval_batch_size)
         # Lowered where one relevance batch would not fit the free memory (measured once per search).
         self.batch_size = fit_batch_size(self.model, self.reference[0], self.batch_size)
 
@@ -204,7 +222,8 @@ class TrialEvaluator:
 
     def planner(self) -> Planner | None:
         """The removal planner for the fast sweep, built on first use and shared by every trial."""
-        if not self._planned and self.curve_method == "auto":
+        recovering = self.recovery is not None and self.recovery.enabled
+        if not self._planned and self.curve_method == "auto" and not recovering:
             self._planner = make_planner(self.model, self.family, self.layers, self.evaluation[0])
             self._planned = True
         return self._planner
@@ -229,9 +248,12 @@ class TrialEvaluator:
         if nonfinite:
             scores = {name: torch.nan_to_num(s, nan=0.0) for name, s in scores.items()}
         relevance_s = time.perf_counter() - start
-        order = rank(
-            self.layers, scores, normalize_per_layer=config.normalize_per_layer, min_keep=self.min_keep
-        )
+        if self.ranker is not None:
+            order = self.ranker(scores, config.normalize_per_layer)
+        else:
+            order = rank(
+                self.layers, scores, normalize_per_layer=config.normalize_per_layer, min_keep=self.min_keep
+            )
         known = {self.rates[0]: self.unpruned_accuracy}
 
         def point(step: int, rate: float, acc: float) -> None:
@@ -254,6 +276,7 @@ class TrialEvaluator:
             on_rate=point,
             method=self.curve_method,
             planner=self.planner(),
+            recovery=self.recovery,
         )
         curve_s = time.perf_counter() - start
         measure = TrialMeasure(

@@ -39,12 +39,16 @@ from torch import nn
 import pxp.search.study as studies
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidDataError, InvalidSpecError
-from pxp.search.evaluator import CannotBeat, TrialEvaluator
+from pxp.pruning.hardware import resolve_round_to
+from pxp.pruning.ranking import rank
+from pxp.pruning.recovery import Recovery
+from pxp.search.evaluator import CannotBeat, Ranker, TrialEvaluator
 from pxp.search.space import (
     SearchSpace,
     TrialConfig,
     composite_groups,
     default_config,
+    has_residual_sum,
     known_good_configs,
     literature_configs,
 )
@@ -178,6 +182,19 @@ def run_search(
         fixed_aggregation=base.aggregation,
         fixed_normalize=prune.normalize_per_layer,
     )
+    # What a trial scores beyond plain masks (the job's recovery and ranking), named in the
+    # fingerprint only when set, so studies of plain-mask searches keep their fingerprint.
+    scored: dict[str, Any] = {}
+    if not baseline:
+        if prune.recovery:
+            scored["recovery"] = list(prune.recovery)
+        if prune.coupled:
+            scored["coupled"] = True
+        if prune.cost_exponent:
+            scored["cost_exponent"] = prune.cost_exponent
+        round_to = resolve_round_to(prune.round_to, layers, reference[0].device)
+        if round_to > 1:
+            scored["round_to"] = round_to
     search_sha = studies.tensor_digest([("x", search_split[0]), ("y", search_split[1])])
     reference_sha = studies.tensor_digest([("x", reference[0]), ("y", reference[1])])
     fingerprint = studies.fingerprint(
@@ -190,6 +207,7 @@ def run_search(
             "reference": reference_sha,
             "search": search_sha,
         }
+        | ({"objective": scored} if scored else {})
     )
     url = storage if storage is not None else spec.storage
     name = study_name or spec.study_name or f"pxp-search-{fingerprint[:16]}"
@@ -204,7 +222,8 @@ def run_search(
         )
     starts += literature_configs(space)
     if not baseline:
-        starts += known_good_configs(space)
+        residual = family == "cnn" and has_residual_sum(model)
+        starts += known_good_configs(space, residual=residual)
     seen: set[str] = set()
     enqueue = []
     for role, config in starts:
@@ -234,6 +253,10 @@ def run_search(
                 # Median pruning compares partial curves, which need the coarse-to-fine order;
                 # the exact bound falls fastest from the highest rate down.
                 rate_order="coarse_to_fine" if baseline or spec.median_pruning else "descending",
+                recovery=_job_recovery(model, family, layers, reference, prune)
+                if "recovery" in scored
+                else None,
+                ranker=_job_ranker(model, family, layers, reference, prune) if scored else None,
             )
         return evaluator
 
@@ -302,6 +325,45 @@ def run_search(
         plateau is not None and _since_best(study) >= plateau and studies.count_finished(study) < spec.trials
     )
     return outcome
+
+
+def _job_recovery(
+    model: nn.Module,
+    family: Family,
+    layers: list[PrunableLayer],
+    reference: tuple[torch.Tensor, torch.Tensor],
+    prune: PruneSpec,
+) -> Recovery:
+    """The job's recovery, as the pipeline builds it (:func:`pxp.pipeline.budget.recovery`)."""
+    return Recovery(model, family, layers, reference[0], prune.recovery)
+
+
+def _job_ranker(
+    model: nn.Module,
+    family: Family,
+    layers: list[PrunableLayer],
+    reference: tuple[torch.Tensor, torch.Tensor],
+    prune: PruneSpec,
+) -> Ranker:
+    """Ranks a trial's scores as the job does (:meth:`pxp.pipeline.state.JobState.order`)."""
+    round_to = resolve_round_to(prune.round_to, layers, reference[0].device)
+    if not (prune.coupled or prune.cost_exponent):
+        return lambda scores, normalize: rank(
+            layers, scores, normalize_per_layer=normalize, min_keep=prune.min_keep, round_to=round_to
+        )
+    from pxp.pruning.coupling import component_graph, rank_with_cost
+
+    graph = component_graph(model, family, layers, reference[0][:1])
+    return lambda scores, normalize: rank_with_cost(
+        layers,
+        scores,
+        graph,
+        coupled=prune.coupled,
+        cost_exponent=prune.cost_exponent,
+        normalize_per_layer=normalize,
+        min_keep=prune.min_keep,
+        round_to=round_to,
+    )
 
 
 def _since_best(study: optuna.Study) -> int:

@@ -201,14 +201,34 @@ def literature_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
     ]
 
 
+def has_residual_sum(model: nn.Module) -> bool:
+    """Whether ``model``'s traced graph adds two computed tensors (a skip connection); False if untraceable."""
+    import operator
+
+    import torch
+    import torch.fx
+
+    adds = {operator.add, operator.iadd, torch.add}
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # a model fx cannot trace gets the plain seeds
+        return False
+    return any(
+        node.op == "call_function"
+        and node.target in adds
+        and sum(isinstance(a, torch.fx.Node) and a.op != "placeholder" for a in node.args) == 2
+        for node in graph.nodes
+    )
+
+
 def _rules(groups: tuple[str, ...], pick: dict[str, RuleSpec], fc: RuleSpec) -> dict[str, RuleSpec]:
     return {g: fc if g == "fc" else pick[g] for g in groups if g in pick or g == "fc"}
 
 
-def known_good_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
+def known_good_configs(space: SearchSpace, *, residual: bool = False) -> list[tuple[str, TrialConfig]]:
     """Per-family composites that pruned best in published and in our own searches, tried before TPE explores.
 
-    CNNs (low / mid / high / fc):
+    Plain CNNs (low / mid / high / fc):
 
     - ``pxp2024_eps_over_zplus``: z+ in the low and mid convolutions, ε(0.25) in the
       high ones, ε(1e-6) at the classifier: the layer-wise pattern ("ε above, γ / z+
@@ -221,6 +241,21 @@ def known_good_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
       aggregation × normalisation on that model (docs/performance.md) found
       normalisation to be what makes α-β at the classifier pay; TPE alone took 30–60
       trials to combine them.
+
+    Residual CNNs (``residual=True``: a skip connection adds two branches, as in ResNets).
+    The plain-CNN seeds above score far below the default there (a probe on digits
+    ResNet-18 with other splits than the convergence bench's, ``bench/composite_probe.py
+    digits_resnet18 --split-seed 1 --small`` / ``--epsilons``: 0.41–0.47 with per-layer
+    normalisation against 0.54 for ε; ε(0.25) or z+ in the convolutions 0.22–0.40), so
+    they are replaced by what pruned best on that model:
+
+    - ``pxp_resnet_gamma_low_ab_fc``: γ(0.25) in the low convolutions, ε(1e-6) above,
+      α2β1 at the classifier, no per-layer normalisation (the pattern of the best trial of
+      a 40-trial search on those other splits, ``bench/job.py --mode convergence --models
+      digits_resnet18 --sampler-trials 40 --sampler-seeds 1 --split-seed 1
+      --max-eval-samples 200``);
+    - ``pxp_resnet_eps_ab_fc``: ε(1e-6) in every convolution, α2β1 at the classifier, no
+      normalisation (0.539 in the probe, beside the default's 0.542).
 
     ViTs (early / middle / late / fc): ``pxp2024_cp_lrp`` (ε everywhere, softmax by
     CP-LRP, value path only) and ``pxp2024_gamma_early_cp`` (γ(0.25) in the early and
@@ -237,7 +272,23 @@ def known_good_configs(space: SearchSpace) -> list[tuple[str, TrialConfig]]:
     ab = RuleSpec(name="alpha_beta", param=2.0)
     normalize = True if space.search_normalization else space.fixed_normalize
     candidates: list[tuple[str, dict[str, RuleSpec], SoftmaxRule, bool]]
-    if space.family == "cnn":
+    if space.family == "cnn" and residual:
+        plain = space.fixed_normalize
+        candidates = [
+            (
+                "pxp_resnet_gamma_low_ab_fc",
+                _rules(groups, {"low": gamma, "mid": eps, "high": eps}, ab),
+                "attnlrp",
+                plain,
+            ),
+            (
+                "pxp_resnet_eps_ab_fc",
+                _rules(groups, {"low": eps, "mid": eps, "high": eps}, ab),
+                "attnlrp",
+                plain,
+            ),
+        ]
+    elif space.family == "cnn":
         candidates = [
             (
                 "pxp2024_eps_over_zplus",

@@ -131,3 +131,29 @@ def test_exceptions_from_on_rate_propagate_and_stop_the_curve() -> None:
     with pytest.raises(_Stop):
         evaluate_curve(prepared, order, RATES, x, y, on_rate=stop_at_second)
     assert seen == [0, 1]  # not retried by masking after the callback stopped it
+
+
+@pytest.mark.parametrize("name", ["digits_resnet18", pytest.param("digits_vgg", marks=pytest.mark.slow)])
+def test_recovered_curve_staged_equals_the_unstaged_reference(name: str) -> None:
+    """With recovery, the fast (staged) method refits bitwise the same weights and gives the same curve."""
+    from pxp.pruning.recovery import Recovery, recovered_curve
+
+    prepared, order, x, y = _zoo_bed(name)
+    x, y = x[:150], y[:150]
+    recovery = Recovery(prepared, "cnn", list(order.layers), x[:40], ["least_squares", "bn_reestimate"])
+    rates = [0.7, 0.4, 0.4, 0.0]
+    info = CurveInfo()
+    got = evaluate_curve(prepared, order, rates, x, y, batch_size=128, recovery=recovery, info=info)
+    assert info.methods[2] == "recovered-staged (repeat)"
+    assert {m.split(" ")[0] for m in info.methods} == {"recovered-staged"}
+    assert recovery._stages is not None and recovery._call_at, "the captures were not staged"
+    assert got == recovered_curve(recovery, order, rates, x, y, batch_size=128)  # the unstaged reference
+    assert got != masked_curve(prepared, order, rates, x, y, batch_size=128)
+    keep = order.keep_masks(0.7)
+    states = []
+    for staged in (True, False):
+        recovery.staged = staged
+        with recovery.applied(keep) as model:
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -156,3 +156,8 @@ def test_sampled_patches_are_the_im2col_rows(stride: int, padding: int, dilation
     assert torch.equal(design, want)
     flat = conv.weight.reshape(5, -1)
     assert torch.allclose(design @ flat.T + conv.bias, target, atol=1e-5)
+    # The batched gather (staged) and the per-sample loop (unstaged) give bitwise the same rows.
+    recovery.staged = False
+    with torch.no_grad():
+        loop_design, loop_target = recovery._rows(conv, inp, out, first=0)
+    assert torch.equal(loop_design, design) and torch.equal(loop_target, target)

@@ -98,3 +98,30 @@ def test_one_relevance_pass_serves_every_aggregation_and_ranking(vgg: Bed) -> No
 def test_rates_must_include_the_unpruned_point(vgg: Bed) -> None:
     with pytest.raises(ValueError, match=r"0\.0"):
         TrialEvaluator(vgg.model, "cnn", vgg.layers, vgg.reference, vgg.search, [0.5], ("abs",))
+
+
+def test_trials_score_the_recovered_coupled_model_the_job_exports(resnet: Bed) -> None:
+    """With the job's recovery and ranking, a trial's curve is the pipeline's recovered curve of that order."""
+    from pxp.pruning.coupling import component_graph, rank_with_cost
+    from pxp.pruning.recovery import Recovery, recovered_curve
+    from pxp.search.runner import _job_ranker, _job_recovery
+    from pxp.spec import PruneSpec
+
+    prune = PruneSpec(rates=RATES, recovery=["least_squares", "bn_reestimate"], coupled=True)
+    args = (resnet.model, "cnn", resnet.layers, resnet.reference, prune)
+    recovery = _job_recovery(*args)  # type: ignore[arg-type]
+    evaluator = _evaluator(resnet, batch_size=16, recovery=recovery, ranker=_job_ranker(*args))  # type: ignore[arg-type]
+    config = TrialConfig(CompositeSpec(), "abs", False)
+    measure = evaluator.evaluate(config)
+    scores, _ = evaluator.scores(config.composite)
+    graph = component_graph(resnet.model, "cnn", resnet.layers, resnet.reference[0][:1])
+    order = rank_with_cost(resnet.layers, scores["abs"], graph, coupled=True, cost_exponent=0.0)
+    want = recovered_curve(
+        Recovery(resnet.model, "cnn", resnet.layers, resnet.reference[0], prune.recovery),
+        order,
+        sorted(RATES),
+        *resnet.search,
+    )
+    assert [measure.accuracies[r] for r in sorted(RATES)] == want
+    plain = _evaluator(resnet, batch_size=16).evaluate(config)
+    assert plain.accuracies != measure.accuracies

@@ -111,3 +111,26 @@ def test_literature_composites(family: str, lower: set[str]) -> None:
     assert configs["montavon2019"].composite.rule_for("fc").param == 1e-6
     for config in configs.values():
         assert space.config_from_params(space.params_of(config)) == config
+
+
+def test_residual_cnns_get_their_own_unnormalised_seeds() -> None:
+    from torch import nn
+
+    from pxp.models.digits import digits_resnet18, digits_vgg
+    from pxp.search.space import has_residual_sum, known_good_configs
+
+    space = _space("cnn")
+    plain = dict(known_good_configs(space))
+    residual = dict(known_good_configs(space, residual=True))
+    assert set(residual) == {"pxp_resnet_gamma_low_ab_fc", "pxp_resnet_eps_ab_fc"}
+    assert not set(plain) & set(residual)
+    assert not any(config.normalize_per_layer for config in residual.values())
+    gamma_low = residual["pxp_resnet_gamma_low_ab_fc"].composite
+    assert gamma_low.rule_for("low").name == "gamma" and gamma_low.rule_for("mid").name == "epsilon"
+    assert gamma_low.rule_for("fc") == RuleSpec(name="alpha_beta", param=2.0)
+    for config in residual.values():
+        assert space.config_from_params(space.params_of(config)) == config
+    small_resnet = digits_resnet18(base_width=4, layers=(1, 1, 1, 1)).eval()
+    assert has_residual_sum(small_resnet)
+    assert not has_residual_sum(digits_vgg(widths=(8, 16, 16), convs_per_stage=1, hidden=24).eval())
+    assert not has_residual_sum(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
