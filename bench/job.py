@@ -203,8 +203,10 @@ def convergence(args: argparse.Namespace) -> None:
 
 
 def product_prune() -> PruneSpec:
-    """``pxp compress``'s default pruning: least squares + BN re-estimation, coupled groups, β = 1."""
-    return PruneSpec(recovery=["least_squares", "bn_reestimate"], coupled=True, cost_exponent=1.0)
+    """``pxp compress``'s default pruning: least squares + BN re-estimation, coupled, β = 1, rounded."""
+    return PruneSpec(
+        recovery=["least_squares", "bn_reestimate"], coupled=True, cost_exponent=1.0, round_to="auto"
+    )
 
 
 def recovery_curves(args: argparse.Namespace) -> None:
@@ -266,7 +268,7 @@ def main() -> None:
     parser.add_argument(
         "--product",
         action="store_true",
-        help="jobs with pxp compress's default pruning (least squares + BN re-estimation, coupled, β = 1)",
+        help="jobs with pxp compress's default pruning (least squares + BN, coupled, β = 1, round_to auto)",
     )
     parser.add_argument(
         "--split-seed", type=int, default=0, help="seed of the reference / search / test splits"
