@@ -16,8 +16,7 @@ from pxp.models import LoadedModel, build_model
 from pxp.pipeline.reporter import Reporter
 from pxp.pipeline.sanity import BaselineCheck, Preprocessing, check_baseline
 from pxp.pruning.evaluate import CurveMethod, make_planner
-from pxp.pruning.hardware import resolve_round_to
-from pxp.pruning.ranking import PruneOrder, rank
+from pxp.pruning.ranking import PruneOrder
 from pxp.pruning.removal.plan import Planner
 from pxp.spec import JobSpec
 
@@ -84,33 +83,11 @@ class JobState:
     #: The sanity gate's measurement; ``passed`` is False only under ``allow_low_accuracy``.
     baseline: BaselineCheck | None = None
 
-    def round_to(self) -> int:
-        """The channel rounding of this job's orders (``"auto"`` resolved for its device; 1 for heads)."""
-        return resolve_round_to(self.spec.prune.round_to, self.layers, self.device)
-
     def order(self, scores: dict[str, torch.Tensor], normalize: bool | None = None) -> PruneOrder:
         """The global pruning order of ``scores`` under this job's prune spec."""
-        prune = self.spec.prune
-        if prune.coupled or prune.cost_exponent:
-            from pxp.pruning.coupling import rank_with_cost
+        from pxp.pruning.coupling import job_order
 
-            return rank_with_cost(
-                self.layers,
-                scores,
-                self.component_graph(),
-                coupled=prune.coupled,
-                cost_exponent=prune.cost_exponent,
-                normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
-                min_keep=prune.min_keep,
-                round_to=self.round_to(),
-            )
-        return rank(
-            self.layers,
-            scores,
-            normalize_per_layer=prune.normalize_per_layer if normalize is None else normalize,
-            min_keep=prune.min_keep,
-            round_to=self.round_to(),
-        )
+        return job_order(self.layers, scores, self.spec.prune, self.device, self.component_graph, normalize)
 
     def component_graph(self) -> ComponentGraph:
         """Coupled groups and component costs of the prepared model (built once, cached here)."""

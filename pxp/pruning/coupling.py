@@ -24,6 +24,7 @@ exactly as relevance does.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +32,9 @@ from torch import nn
 
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidSpecError
-from pxp.pruning.ranking import PruneOrder, check_round_to, normalized
+from pxp.pruning.hardware import resolve_round_to
+from pxp.pruning.ranking import PruneOrder, check_round_to, normalized, rank
+from pxp.spec import PruneSpec
 
 Component = tuple[str, int]
 
@@ -320,4 +323,37 @@ def rank_with_cost(
         units=tuple(unit_of),
         unit_dims=tuple(unit_dims),
         dim_sizes=tuple(dim_sizes),
+    )
+
+
+def job_order(
+    layers: list[PrunableLayer],
+    scores: dict[str, torch.Tensor],
+    prune: PruneSpec,
+    device: torch.device,
+    graph: Callable[[], ComponentGraph],
+    normalize: bool | None = None,
+) -> PruneOrder:
+    """The global pruning order a job with ``prune`` gives ``scores``: the one place that reads the spec.
+
+    Coupled groups and cost-aware ranking need the component graph (``graph`` is
+    called only then); channel rounding resolves ``round_to`` for ``device``. The
+    pipeline and the search's trials both rank through here, so a trial scores the
+    order the job would export.
+    """
+    normalize_per_layer = prune.normalize_per_layer if normalize is None else normalize
+    round_to = resolve_round_to(prune.round_to, layers, device)
+    if prune.coupled or prune.cost_exponent:
+        return rank_with_cost(
+            layers,
+            scores,
+            graph(),
+            coupled=prune.coupled,
+            cost_exponent=prune.cost_exponent,
+            normalize_per_layer=normalize_per_layer,
+            min_keep=prune.min_keep,
+            round_to=round_to,
+        )
+    return rank(
+        layers, scores, normalize_per_layer=normalize_per_layer, min_keep=prune.min_keep, round_to=round_to
     )

@@ -40,7 +40,6 @@ import pxp.search.study as studies
 from pxp.components import Family, PrunableLayer
 from pxp.errors import InvalidDataError, InvalidSpecError
 from pxp.pruning.hardware import resolve_round_to
-from pxp.pruning.ranking import rank
 from pxp.pruning.recovery import Recovery
 from pxp.search.evaluator import CannotBeat, Ranker, TrialEvaluator
 from pxp.search.space import (
@@ -345,25 +344,17 @@ def _job_ranker(
     reference: tuple[torch.Tensor, torch.Tensor],
     prune: PruneSpec,
 ) -> Ranker:
-    """Ranks a trial's scores as the job does (:meth:`pxp.pipeline.state.JobState.order`)."""
-    round_to = resolve_round_to(prune.round_to, layers, reference[0].device)
-    if not (prune.coupled or prune.cost_exponent):
-        return lambda scores, normalize: rank(
-            layers, scores, normalize_per_layer=normalize, min_keep=prune.min_keep, round_to=round_to
-        )
-    from pxp.pruning.coupling import component_graph, rank_with_cost
+    """Ranks a trial's scores as the job does (:func:`pxp.pruning.coupling.job_order`)."""
+    from pxp.pruning.coupling import ComponentGraph, component_graph, job_order
 
-    graph = component_graph(model, family, layers, reference[0][:1])
-    return lambda scores, normalize: rank_with_cost(
-        layers,
-        scores,
-        graph,
-        coupled=prune.coupled,
-        cost_exponent=prune.cost_exponent,
-        normalize_per_layer=normalize,
-        min_keep=prune.min_keep,
-        round_to=round_to,
-    )
+    built: list[ComponentGraph] = []
+
+    def graph() -> ComponentGraph:
+        if not built:
+            built.append(component_graph(model, family, layers, reference[0][:1]))
+        return built[0]
+
+    return lambda scores, normalize: job_order(layers, scores, prune, reference[0].device, graph, normalize)
 
 
 def _since_best(study: optuna.Study) -> int:
