@@ -14,11 +14,11 @@ from pxp.pruning.removal import remove_pruned
 from tests.pxp.pruning.test_removal_cnn import randomize
 
 
-def _model(arch: str):
+def _model(arch: str, base_width: int = 4):
     if arch == "vgg":
         model = digits_vgg(widths=(8, 16, 16), convs_per_stage=1, hidden=24)
     else:
-        model = digits_resnet18(base_width=4, layers=(1, 1, 1, 1))
+        model = digits_resnet18(base_width=base_width, layers=(1, 1, 1, 1))
     prepared = prepare_model(randomize(model, seed=4), "cnn")
     layers = find_layers(prepared, "cnn", "filters")
     x = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -78,12 +78,7 @@ def test_cost_exponent_prunes_expensive_components_first_among_equals() -> None:
 
 def test_coupled_rounding_keeps_a_multiple_of_every_removed_dimension() -> None:
     """With coupling, a residual stream is one dimension: the removed model's every conv width is a multiple."""
-    model = digits_resnet18(base_width=8, layers=(1, 1, 1, 1))
-    prepared = prepare_model(randomize(model, seed=4), "cnn")
-    layers = find_layers(prepared, "cnn", "filters")
-    x = torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(5)
-    scores = {layer.name: torch.rand(layer.size, generator=g) for layer in layers}
+    prepared, layers, x, scores = _model("resnet", base_width=8)
     graph = component_graph(prepared, "cnn", layers, x)
     order = rank_with_cost(layers, scores, graph, coupled=True, cost_exponent=1.0, round_to=4)
     for rate in (0.2, 0.4, 0.6):
