@@ -22,7 +22,7 @@ from pxp.pruning.latency import measure_latency
 from pxp.pruning.ranking import PruneOrder
 from pxp.pruning.recovery import Recovery
 from pxp.pruning.refine import Refinement, refine_safe_rate
-from pxp.pruning.removal import remove_pruned
+from pxp.pruning.removal import RemovalResult, remove_pruned
 from pxp.spec import CurveResult
 from pxp.stages import StageStore, stage_key
 
@@ -40,6 +40,17 @@ def recovery(state: JobState) -> Recovery:
     )
     object.__setattr__(state, "_pxp_recovery", built)
     return built
+
+
+def removed(state: JobState, keep: dict[str, torch.Tensor], verify: torch.Tensor) -> RemovalResult:
+    """The model ``keep`` leaves, physically removed: from the recovered copy when the job recovers.
+
+    Removal is verified on ``verify`` against the (recovered) masked model; the
+    export stage and the latency budget both hand back exactly this model.
+    """
+    recovered = recovery(state)
+    source = recovered.recovered_model(keep) if recovered.enabled else state.prepared
+    return remove_pruned(source, state.family, state.layers, keep, verify)
 
 
 def evaluate(state: JobState, order: PruneOrder, rate: float, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -145,7 +156,7 @@ def choose_budget(
         tried = []
         graph = state.component_graph() if state.family == "cnn" else None
         for option in _options(state):
-            candidate = _with_prune(state, option)
+            candidate = with_prune(state, option)
             order = candidate.order(scores, normalize=normalize)
             rates, accuracies, safe = _contiguous_safe(candidate, order)
             refinement = refine_safe_rate(
@@ -172,7 +183,7 @@ def choose_budget(
         store.save_json(key, {"tried": tried})
     measure = "speedup" if metric == "latency" else "macs_removed"
     best = max(tried, key=lambda t: (t[measure], -tried.index(t)))
-    chosen = _with_prune(state, {k: best[k] for k in ("cost_exponent", "recovery", "coupled")})
+    chosen = with_prune(state, {k: best[k] for k in ("cost_exponent", "recovery", "coupled")})
     chosen = replace(
         chosen,
         spec=chosen.spec.model_copy(
@@ -189,10 +200,8 @@ def measured_speedup(state: JobState, keep: dict[str, torch.Tensor]) -> float:
     recovered copy), so the option chosen is timed as it would be exported; each
     pair of models gets about one second of interleaved runs.
     """
-    recovered = recovery(state)
-    source = recovered.recovered_model(keep) if recovered.enabled else state.prepared
     x_ref = state.reference[0]
-    removal = remove_pruned(source, state.family, state.layers, keep, x_ref[:8])
+    removal = removed(state, keep, x_ref[:8])
     shape = tuple(x_ref.shape[1:])
     points = measure_latency(
         state.prepared, removal.model, shape, state.device, batch_sizes=(32,), budget_s=1.0
@@ -209,7 +218,8 @@ def _search_evaluator(state: JobState, order: PruneOrder) -> Callable[[float], f
     return at
 
 
-def _with_prune(state: JobState, option: dict[str, Any]) -> JobState:
+def with_prune(state: JobState, option: dict[str, Any]) -> JobState:
+    """``state`` with its prune spec's fields updated from ``option`` (validated again)."""
     prune = state.spec.prune.model_copy(update=option)
     prune = type(prune).model_validate(prune.model_dump())
     return replace(state, spec=state.spec.model_copy(update={"prune": prune}))

@@ -8,13 +8,12 @@ from typing import Any
 
 import torch
 
-from pxp.pipeline.budget import recovery
+from pxp.pipeline.budget import removed
 from pxp.pipeline.state import JobState
 from pxp.pruning.cost import count_cost, removed_fractions
 from pxp.pruning.curve import accuracy
 from pxp.pruning.export import export_compressed
 from pxp.pruning.latency import latency_summary, measure_latency
-from pxp.pruning.removal import remove_pruned
 
 VERIFY_SAMPLES = 64
 
@@ -44,10 +43,7 @@ def export_job(
     test accuracy reported is the *removed* model's own, measured here.
     """
     x_test, y_test = state.test
-    # With recovery, removal starts from the recovered copy and is verified against it, masked.
-    recovered = recovery(state)
-    source = recovered.recovered_model(keep) if recovered.enabled else state.prepared
-    removal = remove_pruned(source, state.family, state.layers, keep, x_test[:VERIFY_SAMPLES])
+    removal = removed(state, keep, x_test[:VERIFY_SAMPLES])
     input_shape = tuple(x_test.shape[1:])
     before = count_cost(state.prepared, input_shape)
     after = count_cost(removal.model, input_shape)

@@ -10,11 +10,10 @@ measured batch-32 speed-up).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pxp.pipeline.budget import refined_rate
+from pxp.pipeline.budget import refined_rate, with_prune
 from pxp.pipeline.curves import curve
 from pxp.pipeline.export import export_job
 from pxp.pipeline.state import JobState
@@ -24,11 +23,6 @@ from pxp.stages import StageStore
 
 PARETO_DIR = "pareto"
 PARETO_PLOT = "pareto.png"
-
-
-def _at_drop(state: JobState, drop: float) -> JobState:
-    prune = state.spec.prune.model_copy(update={"max_accuracy_drop": drop, "rate": None})
-    return replace(state, spec=state.spec.model_copy(update={"prune": prune}))
 
 
 def _folder(drop: float) -> str:
@@ -52,7 +46,7 @@ def export_pareto(
     points: list[dict[str, Any]] = []
     artifacts: dict[str, str] = {}
     for drop in state.spec.export.pareto_drops:
-        at = _at_drop(state, drop)
+        at = with_prune(state, {"max_accuracy_drop": drop, "rate": None})
         grid = curve(at, label, order, "search", store)
         grid = grid.model_copy(update={"safe_rate": safe_rate(grid.rates, grid.accuracies, drop)})
         rate = refined_rate(at, order, grid, store).refined_rate

@@ -31,9 +31,8 @@ import torch
 from torch import nn
 
 from pxp.components import Family, PrunableLayer
-from pxp.errors import InvalidSpecError
 from pxp.pruning.hardware import resolve_round_to
-from pxp.pruning.ranking import PruneOrder, check_round_to, normalized, rank
+from pxp.pruning.ranking import PruneOrder, check_round_to, checked_scores, rank
 from pxp.spec import PruneSpec
 
 Component = tuple[str, int]
@@ -271,17 +270,9 @@ def rank_with_cost(
     ``round_to`` rounds the kept channels of each dimension (a coupled group's
     channels with ``coupled``, else each layer's; see :class:`PruneOrder`).
     """
-    for layer in layers:
-        if layer.name not in scores or scores[layer.name].numel() != layer.size:
-            raise InvalidSpecError(f"scores for layer {layer.name} missing or of wrong size")
-        if min_keep > layer.size:
-            raise InvalidSpecError(f"min_keep={min_keep} exceeds the {layer.size} components of {layer.name}")
-    if normalize_per_layer:
-        scores = normalized(scores)
-    protected: set[Component] = set()
-    for layer in layers:
-        top = torch.argsort(scores[layer.name].double(), descending=True, stable=True)[:min_keep]
-        protected.update((layer.name, int(i)) for i in top)
+    scores, protected = checked_scores(
+        layers, scores, normalize_per_layer=normalize_per_layer, min_keep=min_keep
+    )
     index = {layer.name: layer.index for layer in layers}
     values = {layer.name: scores[layer.name].double().tolist() for layer in layers}
     entries: list[tuple[float, int, int, tuple[Component, ...], int]] = []

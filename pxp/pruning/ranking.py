@@ -115,6 +115,31 @@ def normalized(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def checked_scores(
+    layers: list[PrunableLayer],
+    scores: dict[str, torch.Tensor],
+    *,
+    normalize_per_layer: bool,
+    min_keep: int,
+) -> tuple[dict[str, torch.Tensor], set[Component]]:
+    """``scores`` checked against ``layers`` (normalised if asked) and each layer's top ``min_keep``.
+
+    The protected components never enter a pruning order, so no layer vanishes.
+    """
+    for layer in layers:
+        if layer.name not in scores or scores[layer.name].numel() != layer.size:
+            raise InvalidSpecError(f"scores for layer {layer.name} missing or of wrong size")
+        if min_keep > layer.size:
+            raise InvalidSpecError(f"min_keep={min_keep} exceeds the {layer.size} components of {layer.name}")
+    if normalize_per_layer:
+        scores = normalized(scores)
+    protected: set[Component] = set()
+    for layer in layers:
+        top = torch.argsort(scores[layer.name].double(), descending=True, stable=True)[:min_keep]
+        protected.update((layer.name, int(i)) for i in top)
+    return scores, protected
+
+
 def check_round_to(round_to: int) -> int:
     """``round_to`` if it is a positive integer, else an :class:`InvalidSpecError`."""
     if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
@@ -135,17 +160,9 @@ def rank(
     Ties are broken by layer order then index, so the ranking is deterministic.
     ``round_to`` rounds each layer's kept count (see :class:`PruneOrder`).
     """
-    for layer in layers:
-        if layer.name not in scores or scores[layer.name].numel() != layer.size:
-            raise InvalidSpecError(f"scores for layer {layer.name} missing or of wrong size")
-        if min_keep > layer.size:
-            raise InvalidSpecError(f"min_keep={min_keep} exceeds the {layer.size} components of {layer.name}")
-    if normalize_per_layer:
-        scores = normalized(scores)
-    protected: set[tuple[str, int]] = set()
-    for layer in layers:
-        top = torch.argsort(scores[layer.name].double(), descending=True, stable=True)[:min_keep]
-        protected.update((layer.name, int(i)) for i in top)
+    scores, protected = checked_scores(
+        layers, scores, normalize_per_layer=normalize_per_layer, min_keep=min_keep
+    )
     entries = []
     for layer in layers:
         values = scores[layer.name].double().tolist()
