@@ -19,8 +19,10 @@ Three transforms, applied in this order to the masked model at one rate:
     following BN are left alone. ViT models are left alone by this transform.
 
 ``least_squares``
-    Layer by layer in forward order, every Conv2d / Linear consumer of a pruned,
-    decoupled channel is refitted by ridge regression so that, on the reference
+    Layer by layer in forward order, every Conv2d / Linear consumer of a channel
+    the masked model feeds it as zero (a pruned decoupled channel, or a residual-stream
+    channel that every producer of the stream pruned, as coupled ranking does) is
+    refitted by ridge regression so that, on the reference
     samples, its output from the *remaining* inputs (as the masked, already
     refitted model delivers them) reproduces its output in the unpruned model:
     ``W' = argmin ‖X_kept W'ᵀ (+ b') − Y‖² + λ‖W'‖²`` with ``X`` the im2col patches
@@ -73,11 +75,43 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class _Fold:
-    """One decoupled prunable layer's consumers: (consumer module, input positions, channel of each)."""
+    """One channel group's consumers: (consumer module, input positions, root channel of each).
 
-    def __init__(self, layer: str, consumers: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
+    A decoupled group has one prunable producer, whose components are the root channels.
+    A coupled group (a residual stream) has several; a root channel reaches the consumers
+    as zero only when every producer pruned it and no unprunable module produces it
+    (``pinned``). Coupled groups are refitted by least squares but never mean-folded.
+    """
+
+    def __init__(
+        self,
+        layer: str,
+        consumers: list[tuple[str, torch.Tensor, torch.Tensor]],
+        members: Sequence[tuple[str, torch.Tensor]] = (),
+        pinned: torch.Tensor | None = None,
+    ) -> None:
         self.layer = layer
         self.consumers = consumers
+        self.members = tuple(members)
+        self.pinned = pinned
+
+    @property
+    def coupled(self) -> bool:
+        return len(self.members) > 1
+
+    def dead_roots(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per root channel: True where the masked model feeds the consumers an exact zero."""
+        if not self.coupled:
+            return ~keep[self.layer].to("cpu", torch.bool)
+        assert self.pinned is not None
+        alive = self.pinned.clone()
+        covered = torch.zeros_like(alive)
+        for name, root_of in self.members:
+            mask = keep[name].to("cpu", torch.bool)
+            produced = root_of >= 0
+            alive[root_of[mask & produced]] = True
+            covered[root_of[produced]] = True
+        return covered & ~alive
 
 
 class Recovery:
@@ -133,8 +167,14 @@ class Recovery:
 
         graph = CnnChannelGraph(self.model, self.layers, self.x[:1])
         folds: dict[str, _Fold] = {}
+        refit_coupled = "least_squares" in self.methods
         for group in graph.groups:
-            if group.blocked is not None or len(group.members) != 1 or bool(group.pinned.any()):
+            if group.blocked is not None or not group.members:
+                continue
+            coupled = len(group.members) > 1
+            if coupled and not refit_coupled:
+                continue
+            if not coupled and bool(group.pinned.any()):
                 continue
             layer_name, _ = group.members[0]
             consumers = [
@@ -143,10 +183,14 @@ class Recovery:
                 if t.role == "in" and _foldable(self.model.get_submodule(t.module))
             ]
             if consumers:
-                folds[layer_name] = _Fold(layer_name, consumers)
+                folds[layer_name] = _Fold(
+                    layer_name, consumers, group.members if coupled else (), group.pinned
+                )
         self._folds = list(folds.values())
         if "mean_fold" in self.methods:
-            self._means = self._consumer_input_means({c for f in self._folds for c, _, _ in f.consumers})
+            self._means = self._consumer_input_means(
+                {c for f in self._folds if not f.coupled for c, _, _ in f.consumers}
+            )
 
     @torch.no_grad()
     def _consumer_input_means(self, names: set[str]) -> dict[str, torch.Tensor]:
@@ -309,7 +353,7 @@ class Recovery:
         """Refit each affected consumer, in forward order, to reproduce its unpruned output."""
         dead_inputs: dict[str, list[torch.Tensor]] = {}
         for fold in self._folds:
-            dead = ~keep[fold.layer].to("cpu", torch.bool)
+            dead = fold.dead_roots(keep)
             for consumer, idx, root in fold.consumers:
                 if bool(dead[root].any()):
                     dead_inputs.setdefault(consumer, []).append(idx[dead[root]])
@@ -348,6 +392,8 @@ class Recovery:
 
     def _fold(self, keep: dict[str, torch.Tensor]) -> None:
         for fold in self._folds:
+            if fold.coupled:
+                continue  # residual-stream channels are not folded (see the module docstring)
             dead = ~keep[fold.layer].to("cpu", torch.bool)
             if not bool(dead.any()):
                 continue

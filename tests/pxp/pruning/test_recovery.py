@@ -161,3 +161,50 @@ def test_sampled_patches_are_the_im2col_rows(stride: int, padding: int, dilation
     with torch.no_grad():
         loop_design, loop_target = recovery._rows(conv, inp, out, first=0)
     assert torch.equal(loop_design, design) and torch.equal(loop_target, target)
+
+
+def test_least_squares_refits_the_consumers_of_a_pruned_residual_stream() -> None:
+    """Coupled ranking prunes residual-stream channels in every producer: their consumers are refitted."""
+    from pxp.pruning.coupling import component_graph, rank_with_cost
+
+    model = randomize(digits_resnet18(base_width=4, layers=(1, 1, 1, 1)), seed=2)
+    prepared = prepare_model(model, "cnn")
+    layers = find_layers(prepared, "cnn", "filters")
+    x = torch.randn(48, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    scores = {layer.name: torch.rand(layer.size, generator=g) for layer in layers}
+    graph = component_graph(prepared, "cnn", layers, x[:1])
+    order = rank_with_cost(layers, scores, graph, coupled=True)
+    # Prune one residual-stream channel of layer1 (stem bn1 and layer1.0.bn2 together) and nothing else.
+    keep = {layer.name: torch.ones(layer.size, dtype=torch.bool) for layer in layers}
+    for name in ("bn1", "layer1.0.bn2"):
+        keep[name][1] = False
+    consumer = prepared.get_submodule("layer1.0.conv1")
+    outputs: list[torch.Tensor] = []
+    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
+    with torch.no_grad():
+        prepared(x)
+        full = outputs[-1]
+        with masked(prepared, layers, keep):
+            prepared(x)
+        plain = outputs[-1]
+        recovery = Recovery(prepared, "cnn", layers, x, ["least_squares"])
+        with recovery.applied(keep) as recovered:
+            recovered(x)
+        refit = outputs[-1]
+    handle.remove()
+    assert float((refit - full).pow(2).mean()) < 0.5 * float((plain - full).pow(2).mean())
+    # A stream channel only one producer pruned still carries the other's signal: nothing to refit.
+    partial = {name: mask.clone() for name, mask in keep.items()}
+    partial["bn1"][1] = True
+    before = consumer.weight.detach().clone()
+    with torch.no_grad(), recovery.applied(partial):
+        assert torch.equal(consumer.weight, before)
+    # The exported model is the recovered masked model, at a coupled ranking's rate too.
+    keep = order.keep_masks(0.5)
+    source = recovery.recovered_model(keep)
+    with torch.no_grad(), recovery.applied(keep) as recovered:
+        want = recovered(x)
+    removal = remove_pruned(source, "cnn", layers, keep, x)
+    with torch.no_grad():
+        assert torch.allclose(removal.model(x), want, rtol=1e-4, atol=1e-5)
