@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pxp.attribution.memory import available_bytes, fit_batch_size, output_bytes_per_sample
+from pxp.attribution.memory import (
+    CPU_BATCH_BYTES,
+    available_bytes,
+    batch_budget_bytes,
+    fit_batch_size,
+    output_bytes_per_sample,
+)
 
 
 class _Huge(nn.Module):
@@ -29,3 +35,19 @@ def test_the_requested_batch_is_kept_when_it_fits_and_lowered_when_not() -> None
     assert fit_batch_size(small, x, 32) == 32
     assert fit_batch_size(small, x, 1) == 1
     assert fit_batch_size(_Huge(), x, 32) == 1  # never below one
+
+
+class _Wide(nn.Module):
+    """Each sample's output is a 64 MiB view (an expand allocates nothing)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), -1)[:, :1].expand(len(x), 16 << 20)
+
+
+def test_a_cpu_batch_is_held_within_the_cpu_budget_even_with_memory_free() -> None:
+    x = torch.randn(64, 1, 8, 8)
+    budget = batch_budget_bytes(x.device)
+    assert budget == min(0.5 * available_bytes(x.device), CPU_BATCH_BYTES)
+    # 4 × (64 MiB + the input) planned per sample: a 1 GiB CPU budget allows 3, however much is free.
+    assert fit_batch_size(_Wide(), x, 64) == max(1, int(budget // (4 * ((64 << 20) + 4 * 64))))
+    assert fit_batch_size(_Wide(), x, 64) <= 3
