@@ -16,7 +16,12 @@ Three transforms, applied in this order to the masked model at one rate:
     reads zeros; the fold over-compensates there by the padded taps' share; (2) the means come from the unpruned
     model, so upstream pruning at the same rate is not reflected in them. Channels
     of a residual stream (coupled groups) and consumers with neither bias nor a
-    following BN are left alone. ViT models are left alone by this transform.
+    following BN are left alone. On a ViT (``family="vit"``) the consumer of a
+    pruned attention head is its block's ``out_proj`` (the head's ``head_dim`` input
+    columns), of a pruned MLP neuron the MLP's ``fc2``
+    (:mod:`pxp.pruning.vit_consumers`); the means are per input column over every
+    token of every reference sample, folded into the consumer's bias (a token-wise
+    constant: the class token and the patch tokens get the same correction).
 
 ``least_squares``
     Layer by layer in forward order, every Conv2d / Linear consumer of a channel
@@ -30,6 +35,11 @@ Three transforms, applied in this order to the masked model at one rate:
     reference sample, drawn with a fixed seed per sample) or features (linear), and ``λ = ridge · mean diag(XᵀX)``. The bias is refitted when the consumer
     has one. A consumer with fewer rows than twice its unknowns (a Linear after
     ``flatten`` sees one row per reference sample) keeps its weights.
+    On a ViT the consumers are the same Linears as for the mean fold (``out_proj``
+    from the remaining heads' outputs, ``fc2`` from the remaining hidden units); a
+    row is one token of one reference sample (every token is used), so a block's
+    refit sees ``samples × tokens`` rows. ``fc2`` outputs (residual-stream
+    dimensions) have no consumer to refit.
 
 ``bn_reestimate``
     Every BatchNorm's running statistics are re-estimated on the reference
@@ -46,7 +56,9 @@ that cut has changed since (a refit changes only the consumer just captured, whi
 lies at or after every cut kept). The ops are the model's own, so the design rows,
 the refitted weights and the accuracies are bitwise those of the unstaged path
 (tested); a model that cannot be traced, or whose staged run differs from its
-forward, is captured unstaged.
+forward, is captured unstaged. On a ViT the fx graph keeps each attention module
+whole, so the heads hook point is not a graph node and heads layers are captured
+unstaged; neurons layers (fc1 / fc2 are graph nodes) run staged.
 
 Both modify parameters and buffers of the model in place; :meth:`Recovery.applied`
 restores them on exit, so a curve can evaluate many rates on one model, and the
@@ -153,8 +165,11 @@ class Recovery:
         self._stages: _Stages | None = None
         self._call_at: dict[str, int] = {}
         self._stages_built = False
-        if family == "cnn" and {"mean_fold", "least_squares"} & set(self.methods):
-            self._prepare_fold()
+        if {"mean_fold", "least_squares"} & set(self.methods):
+            if family == "cnn":
+                self._prepare_fold()
+            else:
+                self._prepare_vit_fold()
         if "least_squares" in self.methods:
             self._targets = self._capture_targets()
 
@@ -191,6 +206,16 @@ class Recovery:
             self._means = self._consumer_input_means(
                 {c for f in self._folds if not f.coupled for c, _, _ in f.consumers}
             )
+
+    def _prepare_vit_fold(self) -> None:
+        """One decoupled group per heads / neurons layer: its consumer Linear (out_proj, fc2)."""
+        from pxp.pruning.vit_consumers import vit_consumers
+
+        self._folds = [
+            _Fold(name, consumers) for name, consumers in vit_consumers(self.model, self.layers).items()
+        ]
+        if "mean_fold" in self.methods:
+            self._means = self._consumer_input_means({c for f in self._folds for c, _, _ in f.consumers})
 
     @torch.no_grad()
     def _consumer_input_means(self, names: set[str]) -> dict[str, torch.Tensor]:
