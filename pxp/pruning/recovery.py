@@ -37,9 +37,13 @@ Three transforms, applied in this order to the masked model at one rate:
     ``flatten`` sees one row per reference sample) keeps its weights.
     On a ViT the consumers are the same Linears as for the mean fold (``out_proj``
     from the remaining heads' outputs, ``fc2`` from the remaining hidden units); a
-    row is one token of one reference sample (every token is used), so a block's
-    refit sees ``samples × tokens`` rows. ``fc2`` outputs (residual-stream
-    dimensions) have no consumer to refit.
+    row is one token of one reference sample. Every token is used while a sample has
+    at most ``⌈max_rows / samples⌉`` of them (the digits ViT: 65 tokens, 100 samples),
+    so a block's refit sees ``samples × tokens`` rows; beyond that, that many tokens
+    are drawn per sample as conv positions are, which bounds the captures' memory on
+    large ViTs. ``fc2`` outputs (residual-stream dimensions) have no consumer to
+    refit. On the digits ViT the ``out_proj`` refit lowered the heads' safe rate
+    (docs/deliverable.md, session 5): ``pxp compress`` does not apply it by default.
 
 ``bn_reestimate``
     Every BatchNorm's running statistics are re-estimated on the reference
@@ -269,7 +273,18 @@ class Recovery:
         ``max_rows × fan-in`` whatever the image size (no full im2col).
         """
         if isinstance(module, nn.Linear):
-            return x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
+            if x.dim() <= 2:
+                return x, out
+            # Tokens (ViT) or positions (Swin, ConvNeXt MLPs): every one up to ⌈max_rows / samples⌉
+            # per sample, else that many drawn per sample, as for conv output positions.
+            tokens = x.reshape(len(x), -1, x.shape[-1])
+            outputs = out.reshape(len(out), -1, out.shape[-1])
+            count = tokens.shape[1]
+            pos = torch.stack([self._positions(first + b, count) for b in range(len(x))]).to(x.device)
+            sample = torch.arange(len(x), device=x.device)[:, None]
+            return tokens[sample, pos].reshape(-1, x.shape[-1]), outputs[sample, pos].reshape(
+                -1, out.shape[-1]
+            )
         assert isinstance(module, nn.Conv2d)
         padding = module.padding
         assert not isinstance(padding, str)

@@ -164,6 +164,24 @@ def test_sampled_patches_are_the_im2col_rows(stride: int, padding: int, dilation
     assert torch.equal(loop_design, design) and torch.equal(loop_target, target)
 
 
+def test_token_rows_are_every_token_until_the_row_budget_then_sampled_tokens() -> None:
+    """A Linear on (B, T, F): every token of every sample, or ⌈max_rows / samples⌉ drawn per sample."""
+    prepared, layers, x = _vgg()
+    linear = nn.Linear(6, 4)
+    tokens = torch.randn(3, 7, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = linear(tokens)
+        everything = Recovery(prepared, "cnn", layers, x[:3], ["least_squares"], max_rows=21)
+        design, target = everything._rows(linear, tokens, out, first=0)
+        assert torch.equal(design, tokens.reshape(-1, 6)) and torch.equal(target, out.reshape(-1, 4))
+        sampled = Recovery(prepared, "cnn", layers, x[:3], ["least_squares"], max_rows=9)
+        design, target = sampled._rows(linear, tokens, out, first=5)
+    positions = [sampled._positions(5 + b, 7) for b in range(3)]
+    assert all(len(p) == 3 for p in positions) and len({tuple(p.tolist()) for p in positions}) > 1
+    assert torch.equal(design, torch.cat([tokens[b, p] for b, p in enumerate(positions)]))
+    assert torch.equal(target, torch.cat([out[b, p] for b, p in enumerate(positions)]))
+
+
 def test_least_squares_refits_the_consumers_of_a_pruned_residual_stream() -> None:
     """Coupled ranking prunes residual-stream channels in every producer: their consumers are refitted."""
     from pxp.pruning.coupling import component_graph, rank_with_cost
