@@ -61,8 +61,8 @@ lies at or after every cut kept). The ops are the model's own, so the design row
 the refitted weights and the accuracies are bitwise those of the unstaged path
 (tested); a model that cannot be traced, or whose staged run differs from its
 forward, is captured unstaged. On a ViT the fx graph keeps each attention module
-whole, so the heads hook point is not a graph node and heads layers are captured
-unstaged; neurons layers (fc1 / fc2 are graph nodes) run staged.
+whole: a capture of its ``out_proj`` (and the heads mask hook point inside it) stops
+right after the attention's node; neurons layers (fc1 / fc2 are graph nodes) stop at fc2.
 
 Both modify parameters and buffers of the model in place; :meth:`Recovery.applied`
 restores them on exit, so a curve can evaluate many rates on one model, and the
@@ -337,6 +337,8 @@ class Recovery:
                         calls.setdefault(str(node.target), []).append(i)
                 # A consumer is staged only if the graph calls it exactly once, as a whole.
                 self._call_at = {name: at[0] for name, at in calls.items() if len(at) == 1}
+                names = [name for name, _ in self.model.named_modules() if name]
+                self._call_at.update(_inside_leaves(stages, names, calls, self._call_at))
                 if not all(layer.name in self._call_at for layer in self.layers):
                     stages = (
                         None  # a mask hook point the graph does not call as a module: its hook would not run
@@ -576,6 +578,25 @@ class _Resume:
         if self._deepest is not None:
             self.cut, self.values = self._deepest, self._new
         self._new = []
+
+
+def _inside_leaves(
+    stages: _Stages, names: list[str], calls: dict[str, list[int]], once: dict[str, int]
+) -> dict[str, int]:
+    """Modules the graph runs only inside one module it calls once (a ViT attention's out_proj, heads).
+
+    Such a module is reached only through that call, so a capture can stop right after
+    the call's node, and a refit of the module leaves every cut up to that node valid.
+    """
+    used = {str(n.target).rpartition(".")[0] for n in stages.nodes if n.op == "get_attr"}
+    inside: dict[str, int] = {}
+    for name in names:
+        if name in calls or any(u == name or u.startswith(name + ".") for u in used):
+            continue
+        owners = [c for c in once if name.startswith(c + ".")]
+        if owners:
+            inside[name] = once[max(owners, key=len)]
+    return inside
 
 
 def _solvable(module: nn.Module) -> bool:

@@ -333,9 +333,11 @@ def test_least_squares_refits_swin_mlps_and_the_removed_model_equals_it() -> Non
         assert torch.allclose(removal.model(x), want, rtol=1e-4, atol=1e-5)
 
 
-def test_vit_neurons_refit_staged_is_bitwise_the_unstaged_refit() -> None:
-    """fc1 / fc2 are graph nodes of the traced ViT: the captures run staged and refit the same weights."""
-    prepared, layers, x = _vit("torchvision", "neurons")
+@pytest.mark.parametrize(("kind", "consumer"), [("neurons", "mlp.3"), ("heads", "self_attention.out_proj")])
+def test_vit_refit_staged_is_bitwise_the_unstaged_refit(kind: ComponentKind, consumer: str) -> None:
+    """fc2 is a graph node of the traced ViT, out_proj runs inside one (the attention, kept whole):
+    the captures run staged and refit bitwise the same weights."""
+    prepared, layers, x = _vit("torchvision", kind)
     g = torch.Generator().manual_seed(3)
     keep = rank(layers, {layer.name: torch.rand(layer.size, generator=g) for layer in layers}).keep_masks(0.5)
     recovery = Recovery(prepared, "vit", layers, x, ["least_squares"], batch_size=10)
@@ -344,9 +346,7 @@ def test_vit_neurons_refit_staged_is_bitwise_the_unstaged_refit() -> None:
         recovery.staged = staged
         with recovery.applied(keep) as model:
             states.append({k: v.clone() for k, v in model.state_dict().items()})
-    assert recovery._stages is not None and recovery._call_at, "the captures were not staged"
-    assert not torch.equal(
-        states[0]["encoder.layers.encoder_layer_0.mlp.3.bias"],
-        _state(prepared)["encoder.layers.encoder_layer_0.mlp.3.bias"],
-    )
+    name = f"encoder.layers.encoder_layer_0.{consumer}"
+    assert recovery._stages is not None and name in recovery._call_at, "the captures were not staged"
+    assert not torch.equal(states[0][f"{name}.bias"], _state(prepared)[f"{name}.bias"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
