@@ -48,8 +48,13 @@ def test_cli_reports_user_errors_without_a_traceback(
     assert "UnsupportedArchitectureError" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("components", ["heads", "neurons"])
-def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components: str) -> None:
+@pytest.mark.parametrize(
+    ("components", "extra"),
+    [("heads", ()), ("neurons", ()), ("heads", ("--recovery", "least_squares"))],
+)
+def test_cli_compresses_a_vit_and_the_export_reloads(
+    tmp_path: Path, components: str, extra: tuple[str, ...]
+) -> None:
     from pxp.models.compressed import load_compressed
 
     kwargs = {**TINY_KWARGS["digits_vit"], "num_heads": 4}
@@ -69,11 +74,15 @@ def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components:
             "--quiet",
             "--out",
             str(tmp_path),
+            *extra,
         ]
     )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     compression = results["compression"]
+    assert compression["recovery"] == (
+        ["least_squares"] if extra else [] if components == "heads" else ["bn_reestimate", "least_squares"]
+    )
     assert compression["params_after"] < compression["params_before"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["modules"], "nothing was physically removed"
