@@ -115,13 +115,20 @@ def cnn_methods(beta: float) -> list[Method]:
     ]
 
 
-def vit_methods() -> list[Method]:
-    # BN re-estimation, coupling and β do nothing on a ViT (LayerNorm; heads / neurons cost the same per block).
-    # Rounding applies to neurons only (heads are never rounded), so on heads the last row equals the second.
+def vit_methods(kind: str) -> list[Method]:
+    # BN re-estimation, coupling and β do nothing on a ViT (LayerNorm; heads / neurons cost the same per
+    # block), but the default row keeps them so that it is exactly what ``pxp compress`` runs: least squares
+    # + BN on neurons, no recovery on heads (``pxp.cli._recovery``). Least squares refits out_proj (heads)
+    # / fc2 (neurons); mean fold their biases. Rounding applies to neurons only (heads are never rounded).
+    default = ("least_squares", "bn_reestimate") if kind != "heads" else ()
     return [
         Method("paper (grid rate)"),
         Method("+ refined rate", refine=True),
-        Method("+ round_to (pxp compress default)", refine=True, round_to=0),
+        Method("+ mean_fold", ("mean_fold",)),
+        Method("+ least_squares", ("least_squares",)),
+        Method("+ round_to (no recovery)", refine=True, round_to=0),
+        Method("+ round_to + least_squares", ("least_squares", "bn_reestimate"), refine=True, round_to=0),
+        Method("+ round_to (pxp compress default)", default, coupled=True, beta=1.0, refine=True, round_to=0),
     ]
 
 
@@ -412,7 +419,7 @@ def main() -> None:
                     ScoringContext(prepared, family, layers, x_ref, y_ref),  # type: ignore[arg-type]
                     AttributionSpec(),
                 )
-                methods = cnn_methods(args.beta) if family == "cnn" else vit_methods()
+                methods = cnn_methods(args.beta) if family == "cnn" else vit_methods(kind)
                 for method in methods:
                     if wanted and method.name not in wanted:
                         continue

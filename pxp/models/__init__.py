@@ -13,6 +13,7 @@ from pxp.models.registry import (
     get_architecture,
     is_zoo,
     list_architectures,
+    prunes_heads_by_default,
 )
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "load_compressed",
     "load_state_dict_file",
     "load_weights",
+    "prunes_heads_by_default",
     "save_safetensors",
     "state_dict_mismatch",
 ]

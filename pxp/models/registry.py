@@ -30,6 +30,8 @@ _TIMM_VIT_MODULES = ("vision_transformer", "deit")
 #: timm modules pruned by MLP neurons only (:mod:`pxp.components.vit.mlp`), with the name
 #: prefix a model must have: ``eva`` also holds rope ViTs (DINOv3 …) that are not EVA.
 _TIMM_MLP_MODULES: dict[str, str] = {"convnext": "convnext", "swin_transformer": "swin", "eva": "eva"}
+#: Architecture prefixes of timm's ConvNeXt / Swin / EVA models (pruned by MLP neurons only).
+_TIMM_MLP_PREFIXES = ("convnext", "swin", "swinv2", "eva", "eva02")
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,7 @@ def _timm_info(name: str) -> ArchitectureInfo:
         ),
         inferable=(
             {"num_classes": "num_classes", "image_size": "img_size", "in_channels": "in_chans"}
-            if arch.split("_", 1)[0] not in ("convnext", "swin", "swinv2", "eva", "eva02")
+            if arch.split("_", 1)[0] not in _TIMM_MLP_PREFIXES
             else {"num_classes": "num_classes"}
         ),
     )
@@ -335,3 +337,19 @@ def list_architectures(include_timm: bool = False) -> list[str]:
 
 def is_zoo(name: str) -> bool:
     return name in ZOO_ARCHITECTURES
+
+
+def prunes_heads_by_default(name: str) -> bool:
+    """Whether a job on architecture ``name`` prunes attention heads unless told otherwise.
+
+    True for ViT / DeiT models (:func:`pxp.components.default_kind`: heads); False for
+    CNNs and for ConvNeXt / Swin / EVA, which prune MLP neurons. Decided from the name
+    alone, so nothing is built; an unknown name raises like :func:`get_architecture`.
+    """
+    info = get_architecture(name)
+    if info.family != "vit" or name in dict(_MLP_MODELS):
+        return False
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX) :].split(".", 1)[0]
+        return arch.split("_", 1)[0] not in _TIMM_MLP_PREFIXES
+    return True

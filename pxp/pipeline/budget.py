@@ -96,9 +96,17 @@ def refined_rate(state: JobState, order: PruneOrder, grid: CurveResult, store: S
 
 
 def _options(state: JobState) -> list[dict[str, Any]]:
-    """The budget objective's search space: β × recovery (× coupling for CNNs)."""
+    """The budget objective's search space: β × recovery (× coupling for CNNs).
+
+    On a ViT, β and coupling change nothing (every head / neuron of a kind costs the
+    same, no component is shared by two producers) and there is no BatchNorm to
+    re-estimate, so the options are recovery off and least squares (out_proj / fc2 refits).
+    """
     if state.family != "cnn":
-        return [{"cost_exponent": 0.0, "recovery": [], "coupled": False}]
+        return [
+            {"cost_exponent": 0.0, "recovery": rec, "coupled": False}
+            for rec in ([], ["least_squares", "bn_reestimate"])
+        ]
     recoveries: list[list[str]] = [[], ["bn_reestimate"], ["least_squares", "bn_reestimate"]]
     return [
         {"cost_exponent": beta, "recovery": rec, "coupled": True}

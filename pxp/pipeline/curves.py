@@ -30,7 +30,9 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
     )
     cached = store.load_json(key)
     if cached is not None:
-        return CurveResult.model_validate(cached)
+        # The key names what is evaluated, not the label: a budget option equal to the job's own
+        # options hits the job's curve and must come back under the label asked for.
+        return CurveResult.model_validate(cached).model_copy(update={"label": label})
     x, y = state.test if split == "test" else state.search
     # Every method evaluate_curve picks gives the same accuracies (with recovery: those of the
     # masked, recovered model at each rate), so the cache key does not name the method.

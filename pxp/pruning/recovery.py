@@ -16,7 +16,12 @@ Three transforms, applied in this order to the masked model at one rate:
     reads zeros; the fold over-compensates there by the padded taps' share; (2) the means come from the unpruned
     model, so upstream pruning at the same rate is not reflected in them. Channels
     of a residual stream (coupled groups) and consumers with neither bias nor a
-    following BN are left alone. ViT models are left alone by this transform.
+    following BN are left alone. On a ViT (``family="vit"``) the consumer of a
+    pruned attention head is its block's ``out_proj`` (the head's ``head_dim`` input
+    columns), of a pruned MLP neuron the MLP's ``fc2``
+    (:mod:`pxp.pruning.vit_consumers`); the means are per input column over every
+    token of every reference sample, folded into the consumer's bias (a token-wise
+    constant: the class token and the patch tokens get the same correction).
 
 ``least_squares``
     Layer by layer in forward order, every Conv2d / Linear consumer of a channel
@@ -30,6 +35,15 @@ Three transforms, applied in this order to the masked model at one rate:
     reference sample, drawn with a fixed seed per sample) or features (linear), and ``λ = ridge · mean diag(XᵀX)``. The bias is refitted when the consumer
     has one. A consumer with fewer rows than twice its unknowns (a Linear after
     ``flatten`` sees one row per reference sample) keeps its weights.
+    On a ViT the consumers are the same Linears as for the mean fold (``out_proj``
+    from the remaining heads' outputs, ``fc2`` from the remaining hidden units); a
+    row is one token of one reference sample. Every token is used while a sample has
+    at most ``⌈max_rows / samples⌉`` of them (the digits ViT: 65 tokens, 100 samples),
+    so a block's refit sees ``samples × tokens`` rows; beyond that, that many tokens
+    are drawn per sample as conv positions are, which bounds the captures' memory on
+    large ViTs. ``fc2`` outputs (residual-stream dimensions) have no consumer to
+    refit. On the digits ViT the ``out_proj`` refit lowered the heads' safe rate
+    (docs/deliverable.md, session 5): ``pxp compress`` does not apply it by default.
 
 ``bn_reestimate``
     Every BatchNorm's running statistics are re-estimated on the reference
@@ -46,7 +60,9 @@ that cut has changed since (a refit changes only the consumer just captured, whi
 lies at or after every cut kept). The ops are the model's own, so the design rows,
 the refitted weights and the accuracies are bitwise those of the unstaged path
 (tested); a model that cannot be traced, or whose staged run differs from its
-forward, is captured unstaged.
+forward, is captured unstaged. On a ViT the fx graph keeps each attention module
+whole: a capture of its ``out_proj`` (and the heads mask hook point inside it) stops
+right after the attention's node; neurons layers (fc1 / fc2 are graph nodes) stop at fc2.
 
 Both modify parameters and buffers of the model in place; :meth:`Recovery.applied`
 restores them on exit, so a curve can evaluate many rates on one model, and the
@@ -153,8 +169,11 @@ class Recovery:
         self._stages: _Stages | None = None
         self._call_at: dict[str, int] = {}
         self._stages_built = False
-        if family == "cnn" and {"mean_fold", "least_squares"} & set(self.methods):
-            self._prepare_fold()
+        if {"mean_fold", "least_squares"} & set(self.methods):
+            if family == "cnn":
+                self._prepare_fold()
+            else:
+                self._prepare_vit_fold()
         if "least_squares" in self.methods:
             self._targets = self._capture_targets()
 
@@ -191,6 +210,16 @@ class Recovery:
             self._means = self._consumer_input_means(
                 {c for f in self._folds if not f.coupled for c, _, _ in f.consumers}
             )
+
+    def _prepare_vit_fold(self) -> None:
+        """One decoupled group per heads / neurons layer: its consumer Linear (out_proj, fc2)."""
+        from pxp.pruning.vit_consumers import vit_consumers
+
+        self._folds = [
+            _Fold(name, consumers) for name, consumers in vit_consumers(self.model, self.layers).items()
+        ]
+        if "mean_fold" in self.methods:
+            self._means = self._consumer_input_means({c for f in self._folds for c, _, _ in f.consumers})
 
     @torch.no_grad()
     def _consumer_input_means(self, names: set[str]) -> dict[str, torch.Tensor]:
@@ -244,7 +273,18 @@ class Recovery:
         ``max_rows × fan-in`` whatever the image size (no full im2col).
         """
         if isinstance(module, nn.Linear):
-            return x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
+            if x.dim() <= 2:
+                return x, out
+            # Tokens (ViT) or positions (Swin, ConvNeXt MLPs): every one up to ⌈max_rows / samples⌉
+            # per sample, else that many drawn per sample, as for conv output positions.
+            tokens = x.reshape(len(x), -1, x.shape[-1])
+            outputs = out.reshape(len(out), -1, out.shape[-1])
+            count = tokens.shape[1]
+            pos = torch.stack([self._positions(first + b, count) for b in range(len(x))]).to(x.device)
+            sample = torch.arange(len(x), device=x.device)[:, None]
+            return tokens[sample, pos].reshape(-1, x.shape[-1]), outputs[sample, pos].reshape(
+                -1, out.shape[-1]
+            )
         assert isinstance(module, nn.Conv2d)
         padding = module.padding
         assert not isinstance(padding, str)
@@ -297,6 +337,8 @@ class Recovery:
                         calls.setdefault(str(node.target), []).append(i)
                 # A consumer is staged only if the graph calls it exactly once, as a whole.
                 self._call_at = {name: at[0] for name, at in calls.items() if len(at) == 1}
+                names = [name for name, _ in self.model.named_modules() if name]
+                self._call_at.update(_inside_leaves(stages, names, calls, self._call_at))
                 if not all(layer.name in self._call_at for layer in self.layers):
                     stages = (
                         None  # a mask hook point the graph does not call as a module: its hook would not run
@@ -536,6 +578,25 @@ class _Resume:
         if self._deepest is not None:
             self.cut, self.values = self._deepest, self._new
         self._new = []
+
+
+def _inside_leaves(
+    stages: _Stages, names: list[str], calls: dict[str, list[int]], once: dict[str, int]
+) -> dict[str, int]:
+    """Modules the graph runs only inside one module it calls once (a ViT attention's out_proj, heads).
+
+    Such a module is reached only through that call, so a capture can stop right after
+    the call's node, and a refit of the module leaves every cut up to that node valid.
+    """
+    used = {str(n.target).rpartition(".")[0] for n in stages.nodes if n.op == "get_attr"}
+    inside: dict[str, int] = {}
+    for name in names:
+        if name in calls or any(u == name or u.startswith(name + ".") for u in used):
+            continue
+        owners = [c for c in once if name.startswith(c + ".")]
+        if owners:
+            inside[name] = once[max(owners, key=len)]
+    return inside
 
 
 def _solvable(module: nn.Module) -> bool:

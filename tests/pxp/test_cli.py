@@ -48,8 +48,13 @@ def test_cli_reports_user_errors_without_a_traceback(
     assert "UnsupportedArchitectureError" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("components", ["heads", "neurons"])
-def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components: str) -> None:
+@pytest.mark.parametrize(
+    ("components", "extra"),
+    [("heads", ()), ("neurons", ()), ("heads", ("--recovery", "least_squares"))],
+)
+def test_cli_compresses_a_vit_and_the_export_reloads(
+    tmp_path: Path, components: str, extra: tuple[str, ...]
+) -> None:
     from pxp.models.compressed import load_compressed
 
     kwargs = {**TINY_KWARGS["digits_vit"], "num_heads": 4}
@@ -69,11 +74,15 @@ def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components:
             "--quiet",
             "--out",
             str(tmp_path),
+            *extra,
         ]
     )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     compression = results["compression"]
+    assert compression["recovery"] == (
+        ["least_squares"] if extra else [] if components == "heads" else ["bn_reestimate", "least_squares"]
+    )
     assert compression["params_after"] < compression["params_before"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["modules"], "nothing was physically removed"
@@ -89,15 +98,35 @@ def test_cli_compresses_a_vit_and_the_export_reloads(tmp_path: Path, components:
     assert accuracy(model, x, y) == pytest.approx(compression["test_accuracy"])
 
 
-def _compress_spec(*extra: str) -> JobSpec:
+def _compress_spec(*extra: str, model: str = "digits_vgg") -> JobSpec:
     import argparse
 
     from pxp.cli import _add_compress, build_spec
 
     parser = argparse.ArgumentParser()
     _add_compress(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["compress", "--model", "digits_vgg", "--out", "x", *extra])
+    args = parser.parse_args(["compress", "--model", model, "--out", "x", *extra])
     return build_spec(args)
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "recovery"),
+    [
+        ("digits_vit", (), []),  # heads by default: least squares measured worse there
+        ("digits_vit", ("--components", "heads"), []),
+        ("digits_vit", ("--components", "neurons"), ["bn_reestimate", "least_squares"]),
+        ("timm/vit_tiny_patch16_224", (), []),
+        ("timm/swin_tiny_patch4_window7_224", (), ["bn_reestimate", "least_squares"]),  # MLP neurons
+        ("convnext_tiny", (), ["bn_reestimate", "least_squares"]),
+        ("digits_resnet18", (), ["bn_reestimate", "least_squares"]),
+        ("digits_vit", ("--recovery", "least_squares"), ["least_squares"]),
+        ("resnet999", (), ["bn_reestimate", "least_squares"]),  # the job reports the unknown name
+    ],
+)
+def test_compress_recovers_by_least_squares_except_on_vit_heads(
+    model: str, extra: tuple[str, ...], recovery: list[str]
+) -> None:
+    assert _compress_spec(*extra, model=model).prune.recovery == recovery
 
 
 def test_compress_defaults_to_the_measured_best_options_and_paper_restores_the_method() -> None:

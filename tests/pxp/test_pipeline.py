@@ -238,6 +238,25 @@ def test_budget_objective_exports_the_option_removing_the_most_macs(tmp_path: Pa
     assert any(c.label == result.chosen_label and c.split == "test" for c in result.curves)
 
 
+def test_budget_objective_tries_least_squares_on_a_vit(tmp_path: Path) -> None:
+    """On a ViT the options are recovery off and least squares (β and coupling change nothing there)."""
+    from pxp.spec import SearchSpec
+
+    spec = _spec(
+        model=ModelSpec(architecture="digits_vit", kwargs={**TINY_KWARGS["digits_vit"], "num_heads": 4}),
+        criteria=[AttributionSpec(criterion="lrp")],
+        prune=PruneSpec(rates=RATES, refine_steps=2, components="neurons"),
+        search=SearchSpec(trials=1, objective="budget"),
+        export=ExportSpec(measure_latency=False),
+    )
+    result = pipeline.run(spec, tmp_path)
+    assert result.budget is not None
+    tried = result.budget["tried"]
+    assert [sorted(t["recovery"]) for t in tried] == [[], ["bn_reestimate", "least_squares"]]
+    best = result.budget["chosen"]
+    assert result.compression is not None and result.compression["recovery"] == best["recovery"]
+
+
 def test_measured_speedup_times_the_removed_model_the_export_would_hand_back() -> None:
     """The bounded form of the latency budget: one option, removed and timed as export would."""
     from pxp.pipeline.budget import measured_speedup

@@ -179,3 +179,25 @@ def test_zoo_defaults_name_every_constructor_argument(name: str) -> None:
     info = get_architecture(name)
     assert set(info.default_kwargs) == set(inspect.signature(info.builder).parameters)
     assert json.loads(json.dumps(info.effective_kwargs())) == info.effective_kwargs()
+
+
+@pytest.mark.parametrize(
+    ("name", "heads"),
+    [
+        ("digits_vit", True),
+        ("vit_b_16", True),
+        ("timm/deit_tiny_patch16_224", True),
+        ("timm/vit_tiny_patch16_224.augreg_in21k", True),
+        ("convnext_tiny", False),
+        ("swin_t", False),
+        ("timm/convnext_atto", False),
+        ("timm/eva02_tiny_patch14_224", False),
+        ("digits_resnet18", False),
+    ],
+)
+def test_prunes_heads_by_default_names_the_vits_whose_default_components_are_heads(
+    name: str, heads: bool
+) -> None:
+    from pxp.models import prunes_heads_by_default
+
+    assert prunes_heads_by_default(name) is heads

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from pxp.components import find_layers, prepare_model
+from pxp.components import PrunableLayer, find_layers, prepare_model
 from pxp.models.digits import digits_resnet18, digits_vgg
 from pxp.pruning.masking import masked
 from pxp.pruning.ranking import rank
 from pxp.pruning.recovery import Recovery, recovered_curve
 from pxp.pruning.removal import remove_pruned
+from pxp.spec import ComponentKind
 from tests.pxp.pruning.test_removal_cnn import randomize
 
 
@@ -163,6 +164,24 @@ def test_sampled_patches_are_the_im2col_rows(stride: int, padding: int, dilation
     assert torch.equal(loop_design, design) and torch.equal(loop_target, target)
 
 
+def test_token_rows_are_every_token_until_the_row_budget_then_sampled_tokens() -> None:
+    """A Linear on (B, T, F): every token of every sample, or ⌈max_rows / samples⌉ drawn per sample."""
+    prepared, layers, x = _vgg()
+    linear = nn.Linear(6, 4)
+    tokens = torch.randn(3, 7, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = linear(tokens)
+        everything = Recovery(prepared, "cnn", layers, x[:3], ["least_squares"], max_rows=21)
+        design, target = everything._rows(linear, tokens, out, first=0)
+        assert torch.equal(design, tokens.reshape(-1, 6)) and torch.equal(target, out.reshape(-1, 4))
+        sampled = Recovery(prepared, "cnn", layers, x[:3], ["least_squares"], max_rows=9)
+        design, target = sampled._rows(linear, tokens, out, first=5)
+    positions = [sampled._positions(5 + b, 7) for b in range(3)]
+    assert all(len(p) == 3 for p in positions) and len({tuple(p.tolist()) for p in positions}) > 1
+    assert torch.equal(design, torch.cat([tokens[b, p] for b, p in enumerate(positions)]))
+    assert torch.equal(target, torch.cat([out[b, p] for b, p in enumerate(positions)]))
+
+
 def test_least_squares_refits_the_consumers_of_a_pruned_residual_stream() -> None:
     """Coupled ranking prunes residual-stream channels in every producer: their consumers are refitted."""
     from pxp.pruning.coupling import component_graph, rank_with_cost
@@ -208,3 +227,126 @@ def test_least_squares_refits_the_consumers_of_a_pruned_residual_stream() -> Non
     removal = remove_pruned(source, "cnn", layers, keep, x)
     with torch.no_grad():
         assert torch.allclose(removal.model(x), want, rtol=1e-4, atol=1e-5)
+
+
+def _vit(key: str, kind: ComponentKind) -> tuple[nn.Module, list[PrunableLayer], torch.Tensor]:
+    from tests.pxp.pruning.test_removal_vit import SIDE, build
+
+    model, _, _ = build(key)
+    prepared = prepare_model(model, "vit")
+    layers = find_layers(prepared, "vit", kind)
+    side = SIDE[key]
+    # Enough rows (tokens × samples) for least squares: at least twice a consumer's fan-in + 1.
+    samples = 24 if key == "torchvision" else 192
+    x = torch.randn(samples, 1, side, side, generator=torch.Generator().manual_seed(0))
+    return prepared, layers, x
+
+
+def _vit_consumer(prepared: nn.Module, layer: PrunableLayer) -> nn.Linear:
+    """The Linear reading ``layer``'s components: the attention's out_proj or the MLP's fc2."""
+    if layer.kind == "heads":
+        module = prepared.get_submodule(f"{layer.producer}.out_proj")
+    else:
+        mlp = prepared.get_submodule(layer.producer.rpartition(".")[0])
+        module = [m for m in mlp.children() if isinstance(m, nn.Linear)][1]
+    assert isinstance(module, nn.Linear)
+    return module
+
+
+@pytest.mark.parametrize("methods", [["least_squares"], ["mean_fold"], ["mean_fold", "least_squares"]])
+@pytest.mark.parametrize("kind", ["heads", "neurons"])
+@pytest.mark.parametrize("key", ["torchvision", "timm"])
+def test_removed_vit_equals_the_recovered_masked_vit(
+    methods: list[str], kind: ComponentKind, key: str
+) -> None:
+    prepared, layers, x = _vit(key, kind)
+    g = torch.Generator().manual_seed(3)
+    order = rank(layers, {layer.name: torch.rand(layer.size, generator=g) for layer in layers})
+    keep = order.keep_masks(0.5)
+    before = _state(prepared)
+    recovery = Recovery(prepared, "vit", layers, x, methods)
+    source = recovery.recovered_model(keep)
+    # Every consumer of a pruned head / neuron was refitted (or folded); the prepared model is untouched.
+    for layer in layers:
+        if not bool(keep[layer.name].all()):
+            name = next(n for n, m in prepared.named_modules() if m is _vit_consumer(prepared, layer))
+            assert not torch.equal(_state(source)[f"{name}.bias"], _state(prepared)[f"{name}.bias"])
+    assert all(torch.equal(before[k], v) for k, v in _state(prepared).items())
+    with torch.no_grad(), recovery.applied(keep) as model:
+        want = model(x)
+    with torch.no_grad(), masked(source, layers, keep):
+        assert torch.allclose(source(x), want, atol=1e-5)
+    removal = remove_pruned(source, "vit", layers, keep, x)
+    assert removal.params_after < removal.params_before
+    with torch.no_grad():
+        assert torch.allclose(removal.model(x), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["heads", "neurons"])
+def test_vit_least_squares_lowers_the_consumers_output_error(kind: ComponentKind) -> None:
+    """Pruning one block's heads (neurons): its out_proj (fc2) output gets closer to the unpruned one."""
+    prepared, layers, x = _vit("torchvision", kind)
+    first = layers[0]
+    keep = _half(layers, only=first.name)
+    consumer = _vit_consumer(prepared, first)
+    outputs: list[torch.Tensor] = []
+    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
+    with torch.no_grad():
+        prepared(x)
+        full = outputs[-1]
+        with masked(prepared, layers, keep):
+            prepared(x)
+        plain = outputs[-1]
+        errors = {}
+        for method in ("mean_fold", "least_squares"):
+            with Recovery(prepared, "vit", layers, x, [method]).applied(keep) as model:
+                model(x)
+            errors[method] = float((outputs[-1] - full).pow(2).mean())
+        # Mean fold restores the consumer's mean output over every token of every sample.
+        assert not torch.allclose(plain.mean((0, 1)), full.mean((0, 1)), atol=1e-3)
+        with Recovery(prepared, "vit", layers, x, ["mean_fold"]).applied(keep) as model:
+            model(x)
+        assert torch.allclose(outputs[-1].mean((0, 1)), full.mean((0, 1)), atol=1e-4)
+    handle.remove()
+    masked_error = float((plain - full).pow(2).mean())
+    assert errors["least_squares"] < errors["mean_fold"] < masked_error
+
+
+def test_least_squares_refits_swin_mlps_and_the_removed_model_equals_it() -> None:
+    """ConvNeXt / Swin / EVA blocks: fc2 is refitted from the remaining neurons, as in a ViT."""
+    from tests.pxp.test_mlp_families import SMALL_SWIN, _build
+
+    model, _ = _build("timm/swin_tiny_patch4_window7_224", SMALL_SWIN)
+    prepared = prepare_model(model, "vit")
+    layers = find_layers(prepared, "vit", "neurons")
+    x = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    keep = rank(layers, {layer.name: torch.rand(layer.size, generator=g) for layer in layers}).keep_masks(0.4)
+    recovery = Recovery(prepared, "vit", layers, x, ["least_squares"])
+    source = recovery.recovered_model(keep)
+    first = layers[0].name.rpartition(".")[0] + ".fc2"  # stage 1: 64 tokens per sample, rows to spare
+    assert not torch.equal(_state(source)[f"{first}.weight"], _state(prepared)[f"{first}.weight"])
+    with torch.no_grad(), recovery.applied(keep) as recovered:
+        want = recovered(x)
+    removal = remove_pruned(source, "vit", layers, keep, x)
+    with torch.no_grad():
+        assert torch.allclose(removal.model(x), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "consumer"), [("neurons", "mlp.3"), ("heads", "self_attention.out_proj")])
+def test_vit_refit_staged_is_bitwise_the_unstaged_refit(kind: ComponentKind, consumer: str) -> None:
+    """fc2 is a graph node of the traced ViT, out_proj runs inside one (the attention, kept whole):
+    the captures run staged and refit bitwise the same weights."""
+    prepared, layers, x = _vit("torchvision", kind)
+    g = torch.Generator().manual_seed(3)
+    keep = rank(layers, {layer.name: torch.rand(layer.size, generator=g) for layer in layers}).keep_masks(0.5)
+    recovery = Recovery(prepared, "vit", layers, x, ["least_squares"], batch_size=10)
+    states = []
+    for staged in (True, False):
+        recovery.staged = staged
+        with recovery.applied(keep) as model:
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    name = f"encoder.layers.encoder_layer_0.{consumer}"
+    assert recovery._stages is not None and name in recovery._call_at, "the captures were not staged"
+    assert not torch.equal(states[0][f"{name}.bias"], _state(prepared)[f"{name}.bias"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
