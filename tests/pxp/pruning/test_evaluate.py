@@ -51,6 +51,21 @@ def test_zoo_models_fast_equals_masked(name: str, components: str | None) -> Non
     assert got[0] > 0.8 and min(got) < got[0]
 
 
+@pytest.mark.parametrize("components", ["heads", "neurons"])
+def test_a_vit_jobs_recovery_is_masking_so_its_curve_is_the_fast_sweep(components: str) -> None:
+    """``pxp compress``'s default recovery changes nothing on a ViT: the curve is the fast sweep's."""
+    from pxp.pruning.recovery import Recovery, recovered_curve
+
+    prepared, order, x, y = _zoo_bed("digits_vit", components)
+    x, y = x[:150], y[:150]
+    recovery = Recovery(prepared, "vit", list(order.layers), x[:40], ["least_squares", "bn_reestimate"])
+    info = CurveInfo()
+    got = evaluate_curve(prepared, order, RATES, x, y, batch_size=64, recovery=recovery, info=info)
+    assert info.methods == ["fast"] * len(RATES), info.fallback_reason
+    assert got == recovered_curve(recovery, order, RATES, x, y, batch_size=64)
+    assert got == masked_curve(prepared, order, RATES, x, y, batch_size=64)
+
+
 def test_rates_in_any_order_and_the_callback_sees_each_once() -> None:
     prepared, order, x, y = setup(FACTORIES["resnet"], protect_first=True)
     rates = [0.9, 0.4, 0.0, 0.8, 0.2]
@@ -144,6 +159,7 @@ def test_recovered_curve_staged_equals_the_unstaged_reference(name: str) -> None
     rates = [0.7, 0.4, 0.4, 0.0]
     info = CurveInfo()
     got = evaluate_curve(prepared, order, rates, x, y, batch_size=128, recovery=recovery, info=info)
+    assert not recovery.changes_nothing
     assert info.methods[2] == "recovered-staged (repeat)"
     assert {m.split(" ")[0] for m in info.methods} == {"recovered-staged"}
     assert recovery._stages is not None and recovery._call_at, "the captures were not staged"

@@ -208,3 +208,30 @@ def test_least_squares_refits_the_consumers_of_a_pruned_residual_stream() -> Non
     removal = remove_pruned(source, "cnn", layers, keep, x)
     with torch.no_grad():
         assert torch.allclose(removal.model(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_changes_nothing_exactly_where_no_method_has_anything_to_act_on() -> None:
+    """A ViT has no channel groups to fold or refit and no BatchNorm: recovery leaves the masked model as is."""
+    from pxp.models.digits import digits_vit
+
+    torch.manual_seed(0)
+    vit = prepare_model(
+        digits_vit(image_size=16, patch_size=4, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval(),
+        "vit",
+    )
+    x = torch.randn(12, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    for kind in ("heads", "neurons"):
+        layers = find_layers(vit, "vit", kind)
+        recovery = Recovery(vit, "vit", layers, x, ["mean_fold", "least_squares", "bn_reestimate"])
+        assert recovery.changes_nothing
+        keep = _half(layers)
+        with masked(vit, layers, keep):
+            want = vit(x)
+        before = _state(vit)
+        with recovery.applied(keep) as model:
+            assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+            assert torch.equal(model(x), want)
+    prepared, layers, x = _vgg()
+    assert Recovery(prepared, "cnn", layers, x, []).changes_nothing
+    for methods in (["bn_reestimate"], ["mean_fold"], ["least_squares"]):
+        assert not Recovery(prepared, "cnn", layers, x, methods).changes_nothing
