@@ -124,17 +124,26 @@ def test_rates_with_unchanged_masks_reuse_the_accuracy() -> None:
 
 
 def _vit_bed(
-    components: str, *, num_layers: int = 3, n: int = 24
+    components: str, *, num_layers: int = 3, n: int = 24, library: str = "torchvision"
 ) -> tuple[nn.Module, PruneOrder, torch.Tensor, torch.Tensor]:
-    """A random-weight explicit digits ViT, an order that prunes the last blocks first, self-labelled data."""
+    """A random-weight explicit ViT, an order that prunes the last blocks first, self-labelled data.
+
+    ``library``: the digits (torchvision) ViT, or timm's (2 blocks, class token and
+    position embedding as parameters of the root module).
+    """
     torch.manual_seed(0)
-    model = digits_vit(
-        image_size=16, patch_size=4, num_layers=num_layers, num_heads=4, hidden_dim=32, mlp_dim=64
-    )
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, 0.2)
+    if library == "timm":
+        from tests.pxp.pruning.test_removal_vit import build
+
+        model, _, _ = build("timm")
+    else:
+        model = digits_vit(
+            image_size=16, patch_size=4, num_layers=num_layers, num_heads=4, hidden_dim=32, mlp_dim=64
+        )
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.normal_(0.0, 0.2)
     prepared = prepare_model(model.eval(), "vit")
     layers = find_layers(prepared, "vit", components)
     scores = {layer.name: torch.rand(layer.size) + 10.0 * (len(layers) - i) for i, layer in enumerate(layers)}
@@ -144,19 +153,23 @@ def _vit_bed(
     return prepared, rank(layers, scores), x, y
 
 
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
 @pytest.mark.parametrize("components", ["heads", "neurons"])
-def test_vit_sweep_restarts_at_the_first_changed_module(components: str) -> None:
+def test_vit_sweep_restarts_at_the_first_changed_module(components: str, library: str) -> None:
     """Each rate starts from the deepest cut before the first module its masks change, no earlier.
 
     The encoder's ``pos_embedding`` is read (get_attr) at the start of the graph; it must not count as
     touching the encoder's blocks, or every rate restarts right after the patch embedding.
     """
-    prepared, order, x, y = _vit_bed(components)
+    prepared, order, x, y = _vit_bed(components, library=library)
     rates = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
+    # This random timm ViT's removal error (1.6e-6 relative) fails the default self-check's bound of
+    # 1e-6; a wider tie margin (more batches re-evaluated by masking) keeps the curve exact.
+    tie = {"tie_rtol": 1e-4} if library == "timm" else {}
     stats = SweepStats()
-    got = fast_curve(prepared, order, rates, x, y, batch_size=12, stats=stats)
+    got = fast_curve(prepared, order, rates, x, y, batch_size=12, stats=stats, **tie)
     assert got == masked_curve(prepared, order, rates, x, y, batch_size=12)
-    assert got == fast_curve(prepared, order, rates, x, y, batch_size=12, reuse=False)
+    assert got == fast_curve(prepared, order, rates, x, y, batch_size=12, reuse=False, **tie)
     stages = _Stages(prepared)
     planner = removal_planner(prepared, "vit", list(order.layers), x[:1])
     plans = [planner.plan(order.keep_masks(rate)) for rate in rates]
