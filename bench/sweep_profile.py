@@ -8,7 +8,7 @@ For a digits zoo model and one pruning rate, on the 619 evaluation images of
 - the staged run's time per node kind (the attention module as a whole, the MLP's
   Linear / GELU, LayerNorm, the residual additions, ...), timed node by node;
 - the fx interpreter's overhead per node (a one-sample run, staged vs forward);
-- the torch profiler's self CPU time per aten op of the staged run.
+- the torch profiler's self CPU time per aten op, of the sliced model's forward and of the staged run.
 
     .venv/bin/python bench/sweep_profile.py --model digits_vit --rate 0 --threads 1
 """
@@ -181,9 +181,11 @@ def main() -> None:
     for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1])[:12]:
         print(f"  {kind:<50} {seconds / args.repeats:7.3f} s {100 * seconds / total:6.1f} %")
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        staged()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+    for label, run in (("sliced model's own forward", forward(sliced)), ("staged sliced run", staged)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        print(f"torch profiler, {label}:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
