@@ -11,7 +11,10 @@ returns, faster, by three means:
    their relevance thin and go first). The model is cut (torch.fx) at points
    where one tensor carries everything forward; the activations at a cut are
    kept while no module before it changes, and later rates start from there.
-   The reused values are bitwise those a full run would compute.
+   The reused values are bitwise those a full run would compute. A cut stays valid
+   until a module before it is called (or has a parameter of its own read) with a
+   changed cut; every rate runs staged, with stacked residual sums as additions
+   (:func:`_fuse_pair_sums`, same values).
 3. **Ties go to the reference.** Removal changes float32 summation order, so
    logits move by ~1e-6 relative; a prediction could flip only where the top
    two logits are that close. Any batch in which a sample's margin is below
