@@ -8,6 +8,7 @@ per-rate removed models).
 
     .venv/bin/python bench/sweep_speed.py --model digits_vgg --repeats 3
     .venv/bin/python bench/sweep_speed.py --model digits_resnet18 --tiny
+    .venv/bin/python bench/sweep_speed.py --model digits_vit --components neurons
 
 The zoo model is trained (minutes, CPU) and cached on first use.
 """
@@ -43,6 +44,11 @@ def main() -> None:
     parser.add_argument(
         "--tiny", action="store_true", help="the zoo's tiny configuration (trains in seconds)"
     )
+    parser.add_argument(
+        "--components",
+        choices=["heads", "neurons"],
+        help="ViT components to prune (default: the family's default, heads for the digits ViT)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
@@ -72,7 +78,9 @@ def main() -> None:
     x, y = x_all[rest], y_all[rest]
 
     prepared = prepare_model(model, family)
-    layers = find_layers(prepared, family)
+    if args.components and family != "vit":
+        parser.error("--components applies to the ViT only")
+    layers = find_layers(prepared, family, args.components)
     scores = compute_scores(
         ScoringContext(prepared, family, layers, x_all[ref], y_all[ref]), AttributionSpec()
     )
@@ -122,7 +130,8 @@ def main() -> None:
     reference = results.get("masked")
     base = statistics.median(times["masked"]) if "masked" in times else None
     print(
-        f"\n{args.model}{' (tiny)' if args.tiny else ''}: {len(x)} evaluation samples, {len(rates)} rates, "
+        f"\n{args.model}{' (tiny)' if args.tiny else ''} ({layers[0].kind}): {len(x)} evaluation samples, "
+        f"{len(rates)} rates, "
         f"{len(layers)} layers, torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats"
     )
     print(f"FLOPs bound of slicing alone: {flops_bound:.2f}x")

@@ -37,7 +37,8 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
     # Every method evaluate_curve picks gives the same accuracies (with recovery: those of the
     # masked, recovered model at each rate), so the cache key does not name the method.
     with_recovery = recovery(state) if prune.recovery else None
-    planner = state.planner() if state.curve_method == "auto" and with_recovery is None else None
+    plain = with_recovery is None or with_recovery.changes_nothing  # a ViT's recovery is masking
+    planner = state.planner() if state.curve_method == "auto" and plain else None
     accuracies = evaluate_curve(
         state.prepared,
         order,

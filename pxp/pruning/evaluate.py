@@ -15,7 +15,9 @@ defines it. It picks how:
   ``transform`` changes the evaluated model beyond a plain mask.
 
 With **recovery** (``recovery=``, a :class:`~pxp.pruning.recovery.Recovery` with
-methods), every rate is the masked *and recovered* model, exactly as
+methods that change something on this model: a ViT has no channel groups to fold or refit
+and no BatchNorm, so there recovery is masking and the plain methods above apply), every
+rate is the masked *and recovered* model, exactly as
 :func:`pxp.pruning.recovery.recovered_curve` defines it; the fastest exact method is
 ``"recovered-staged"``: least squares' reference captures run staged (each stops at
 its consumer and resumes from the deepest cut the previous one passed; bitwise the
@@ -204,9 +206,9 @@ def evaluate_curve(
         if on_rate is not None:
             on_rate(i, rate, acc)
 
-    if recovery is not None and recovery.enabled:
-        if transform is not None:
-            raise ValueError("give either a recovery or a transform, not both")
+    if recovery is not None and recovery.enabled and transform is not None:
+        raise ValueError("give either a recovery or a transform, not both")
+    if recovery is not None and recovery.enabled and not recovery.changes_nothing:
         if method != "auto":
             info.fallback_reason = f"method={method!r}"
         _recovered_rates(recovery, order, rates, x, y, batch_size, method == "auto", report)

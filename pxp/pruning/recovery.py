@@ -181,6 +181,25 @@ class Recovery:
     def enabled(self) -> bool:
         return bool(self.methods)
 
+    @property
+    def changes_nothing(self) -> bool:
+        """Whether :meth:`applied` leaves every masked model exactly as masking alone does.
+
+        True where the model gives the methods nothing to act on: mean folding and least
+        squares act only on the consumers of pruned channels, heads or neurons
+        (``self._folds``), BN re-estimation only on BatchNorm layers. A ViT has no
+        BatchNorm, so BN re-estimation alone leaves its curve a plain masked one, which the
+        fast sweep evaluates exactly.
+        """
+        if not self.enabled:
+            return True
+        folds = {"mean_fold", "least_squares"} & set(self.methods)
+        if folds and any(fold.consumers for fold in self._folds):
+            return False
+        return "bn_reestimate" not in self.methods or not any(
+            isinstance(m, _BN) for m in self.model.modules()
+        )
+
     def _prepare_fold(self) -> None:
         from pxp.pruning.removal.cnn import CnnChannelGraph
 

@@ -222,7 +222,8 @@ class TrialEvaluator:
 
     def planner(self) -> Planner | None:
         """The removal planner for the fast sweep, built on first use and shared by every trial."""
-        recovering = self.recovery is not None and self.recovery.enabled
+        # A recovery that changes nothing on this model (a ViT's) leaves the curve a masked one.
+        recovering = self.recovery is not None and not self.recovery.changes_nothing
         if not self._planned and self.curve_method == "auto" and not recovering:
             self._planner = make_planner(self.model, self.family, self.layers, self.evaluation[0])
             self._planned = True

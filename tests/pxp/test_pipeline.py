@@ -363,3 +363,22 @@ def test_devices_that_cannot_run_a_job_are_user_errors(name):
         name = "cuda:0"  # no CUDA at all: still a user error, not an internal one
     with pytest.raises(InvalidSpecError):
         resolve_device(name)
+
+
+def test_vit_curve_with_bn_reestimation_is_the_fast_sweep(tmp_path: Path) -> None:
+    """BN re-estimation is masking on a ViT (no BatchNorm): the curve stage plans the fast sweep."""
+    from pxp.pipeline.curves import curve
+    from pxp.pruning.curve import masked_curve
+    from pxp.pruning.ranking import rank
+    from pxp.stages import StageStore
+
+    spec = _spec(
+        model=ModelSpec(architecture="digits_vit", kwargs=TINY_KWARGS["digits_vit"]),
+        prune=PruneSpec(rates=RATES, recovery=["bn_reestimate"]),
+    )
+    state = pipeline.build_state(spec, pipeline.silent())
+    g = torch.Generator().manual_seed(0)
+    order = rank(state.layers, {layer.name: torch.rand(layer.size, generator=g) for layer in state.layers})
+    result = curve(state, "random", order, "test", StageStore(tmp_path))
+    assert state._planned and state._planner is not None  # built for the fast sweep, not skipped
+    assert result.accuracies == masked_curve(state.prepared, order, RATES, *state.test)

@@ -51,6 +51,31 @@ def test_zoo_models_fast_equals_masked(name: str, components: str | None) -> Non
     assert got[0] > 0.8 and min(got) < got[0]
 
 
+@pytest.mark.parametrize("components", ["heads", "neurons"])
+def test_a_vit_recovery_that_only_reestimates_bn_is_masking_so_its_curve_is_the_fast_sweep(
+    components: str,
+) -> None:
+    """A ViT has no BatchNorm: BN re-estimation changes nothing, so the curve is the fast sweep's.
+
+    Least squares does refit a ViT (``out_proj`` / ``fc2``): that curve is the recovered one.
+    """
+    from pxp.pruning.recovery import Recovery, recovered_curve
+
+    prepared, order, x, y = _zoo_bed("digits_vit", components)
+    x, y = x[:150], y[:150]
+    recovery = Recovery(prepared, "vit", list(order.layers), x[:40], ["bn_reestimate"])
+    info = CurveInfo()
+    got = evaluate_curve(prepared, order, RATES, x, y, batch_size=64, recovery=recovery, info=info)
+    assert info.methods == ["fast"] * len(RATES), info.fallback_reason
+    assert got == recovered_curve(recovery, order, RATES, x, y, batch_size=64)
+    assert got == masked_curve(prepared, order, RATES, x, y, batch_size=64)
+    refit = Recovery(prepared, "vit", list(order.layers), x[:40], ["least_squares", "bn_reestimate"])
+    info = CurveInfo()
+    got = evaluate_curve(prepared, order, RATES, x, y, batch_size=64, recovery=refit, info=info)
+    assert "fast" not in info.methods
+    assert got == recovered_curve(refit, order, RATES, x, y, batch_size=64)
+
+
 def test_rates_in_any_order_and_the_callback_sees_each_once() -> None:
     prepared, order, x, y = setup(FACTORIES["resnet"], protect_first=True)
     rates = [0.9, 0.4, 0.0, 0.8, 0.2]
@@ -144,6 +169,7 @@ def test_recovered_curve_staged_equals_the_unstaged_reference(name: str) -> None
     rates = [0.7, 0.4, 0.4, 0.0]
     info = CurveInfo()
     got = evaluate_curve(prepared, order, rates, x, y, batch_size=128, recovery=recovery, info=info)
+    assert not recovery.changes_nothing
     assert info.methods[2] == "recovered-staged (repeat)"
     assert {m.split(" ")[0] for m in info.methods} == {"recovered-staged"}
     assert recovery._stages is not None and recovery._call_at, "the captures were not staged"

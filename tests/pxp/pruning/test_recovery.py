@@ -350,3 +350,32 @@ def test_vit_refit_staged_is_bitwise_the_unstaged_refit(kind: ComponentKind, con
     assert recovery._stages is not None and name in recovery._call_at, "the captures were not staged"
     assert not torch.equal(states[0][f"{name}.bias"], _state(prepared)[f"{name}.bias"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_changes_nothing_exactly_where_no_method_has_anything_to_act_on() -> None:
+    """A ViT has no BatchNorm: BN re-estimation alone leaves its masked model as is; least squares does not."""
+    from pxp.models.digits import digits_vit
+
+    torch.manual_seed(0)
+    vit = prepare_model(
+        digits_vit(image_size=16, patch_size=4, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64).eval(),
+        "vit",
+    )
+    x = torch.randn(12, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    for kind in ("heads", "neurons"):
+        layers = find_layers(vit, "vit", kind)
+        recovery = Recovery(vit, "vit", layers, x, ["bn_reestimate"])
+        assert recovery.changes_nothing
+        keep = _half(layers)
+        with masked(vit, layers, keep):
+            want = vit(x)
+        before = _state(vit)
+        with recovery.applied(keep) as model:
+            assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+            assert torch.equal(model(x), want)
+        for methods in (["mean_fold"], ["least_squares"], ["least_squares", "bn_reestimate"]):
+            assert not Recovery(vit, "vit", layers, x, methods).changes_nothing
+    prepared, layers, x = _vgg()
+    assert Recovery(prepared, "cnn", layers, x, []).changes_nothing
+    for methods in (["bn_reestimate"], ["mean_fold"], ["least_squares"]):
+        assert not Recovery(prepared, "cnn", layers, x, methods).changes_nothing

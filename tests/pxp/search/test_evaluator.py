@@ -125,3 +125,28 @@ def test_trials_score_the_recovered_coupled_model_the_job_exports(resnet: Bed) -
     assert [measure.accuracies[r] for r in sorted(RATES)] == want
     plain = _evaluator(resnet, batch_size=16).evaluate(config)
     assert plain.accuracies != measure.accuracies
+
+
+def test_a_recovery_that_changes_nothing_keeps_the_fast_sweeps_planner(resnet: Bed) -> None:
+    """A ViT trial with BN re-estimation (masking there: no BatchNorm) runs the fast sweep; a CNN's does not."""
+    from pxp.pruning.recovery import Recovery
+
+    torch.manual_seed(0)
+    info = get_architecture("digits_vit")
+    vit = make_bed(
+        instantiate(info, info.effective_kwargs(TINY_KWARGS["digits_vit"])).eval(), "digits_vit", "vit"
+    )
+    methods = ["bn_reestimate"]
+    for bed, family, fast in ((vit, "vit", True), (resnet, "cnn", False)):
+        recovery = Recovery(bed.model, family, bed.layers, bed.reference[0], methods)  # type: ignore[arg-type]
+        evaluator = TrialEvaluator(
+            model=bed.model,
+            family=family,  # type: ignore[arg-type]
+            layers=bed.layers,
+            reference=bed.reference,
+            evaluation=bed.search,
+            rates=RATES,
+            aggregations=("abs",),
+            recovery=recovery,
+        )
+        assert (evaluator.planner() is not None) is fast
