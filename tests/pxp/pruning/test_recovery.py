@@ -119,27 +119,48 @@ def test_removed_model_equals_the_recovered_masked_model(methods: list[str], arc
     assert recovered_curve(recovery, order, [0.5], x, y) == [1.0]
 
 
+def _consumer_outputs(
+    prepared: nn.Module,
+    family: str,
+    layers: list,
+    x: torch.Tensor,
+    keep: dict[str, torch.Tensor],
+    consumer: nn.Module,
+    methods: tuple[str, ...] = ("mean_fold", "least_squares"),
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``consumer``'s output on ``x``: unpruned, masked, and masked + recovered by each method alone."""
+    outputs: list[torch.Tensor] = []
+    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
+    try:
+        with torch.no_grad():
+            prepared(x)
+            full = outputs[-1]
+            with masked(prepared, layers, keep):
+                prepared(x)
+            plain = outputs[-1]
+            recovered = {}
+            for method in methods:
+                recovery = Recovery(prepared, family, layers, x, [method])  # type: ignore[arg-type]
+                with recovery.applied(keep) as model:
+                    model(x)
+                recovered[method] = outputs[-1]
+    finally:
+        handle.remove()
+    return full, plain, recovered
+
+
+def _error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).mean())
+
+
 def test_least_squares_fits_the_consumer_to_its_unpruned_output() -> None:
     prepared, layers, x = _vgg()
     first = layers[0].name
     keep = _half(layers, only=first)
     consumer = next(m for m in prepared.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 8)
-    outputs: list[torch.Tensor] = []
-    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
-    with torch.no_grad():
-        prepared(x)
-        full = outputs[-1]
-        with masked(prepared, layers, keep):
-            prepared(x)
-        plain = outputs[-1]
-        errors = {}
-        for method in ("mean_fold", "least_squares"):
-            with Recovery(prepared, "cnn", layers, x, [method]).applied(keep) as model:
-                model(x)
-            errors[method] = float((outputs[-1] - full).pow(2).mean())
-    handle.remove()
-    masked_error = float((plain - full).pow(2).mean())
-    assert errors["least_squares"] < errors["mean_fold"] < masked_error
+    full, plain, recovered = _consumer_outputs(prepared, "cnn", layers, x, keep, consumer)
+    errors = {method: _error(out, full) for method, out in recovered.items()}
+    assert errors["least_squares"] < errors["mean_fold"] < _error(plain, full)
 
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
@@ -199,20 +220,9 @@ def test_least_squares_refits_the_consumers_of_a_pruned_residual_stream() -> Non
     for name in ("bn1", "layer1.0.bn2"):
         keep[name][1] = False
     consumer = prepared.get_submodule("layer1.0.conv1")
-    outputs: list[torch.Tensor] = []
-    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
-    with torch.no_grad():
-        prepared(x)
-        full = outputs[-1]
-        with masked(prepared, layers, keep):
-            prepared(x)
-        plain = outputs[-1]
-        recovery = Recovery(prepared, "cnn", layers, x, ["least_squares"])
-        with recovery.applied(keep) as recovered:
-            recovered(x)
-        refit = outputs[-1]
-    handle.remove()
-    assert float((refit - full).pow(2).mean()) < 0.5 * float((plain - full).pow(2).mean())
+    full, plain, refit = _consumer_outputs(prepared, "cnn", layers, x, keep, consumer, ("least_squares",))
+    assert _error(refit["least_squares"], full) < 0.5 * _error(plain, full)
+    recovery = Recovery(prepared, "cnn", layers, x, ["least_squares"])
     # A stream channel only one producer pruned still carries the other's signal: nothing to refit.
     partial = {name: mask.clone() for name, mask in keep.items()}
     partial["bn1"][1] = True
@@ -289,27 +299,12 @@ def test_vit_least_squares_lowers_the_consumers_output_error(kind: ComponentKind
     first = layers[0]
     keep = _half(layers, only=first.name)
     consumer = _vit_consumer(prepared, first)
-    outputs: list[torch.Tensor] = []
-    handle = consumer.register_forward_hook(lambda _m, _i, o: outputs.append(o.detach()))
-    with torch.no_grad():
-        prepared(x)
-        full = outputs[-1]
-        with masked(prepared, layers, keep):
-            prepared(x)
-        plain = outputs[-1]
-        errors = {}
-        for method in ("mean_fold", "least_squares"):
-            with Recovery(prepared, "vit", layers, x, [method]).applied(keep) as model:
-                model(x)
-            errors[method] = float((outputs[-1] - full).pow(2).mean())
-        # Mean fold restores the consumer's mean output over every token of every sample.
-        assert not torch.allclose(plain.mean((0, 1)), full.mean((0, 1)), atol=1e-3)
-        with Recovery(prepared, "vit", layers, x, ["mean_fold"]).applied(keep) as model:
-            model(x)
-        assert torch.allclose(outputs[-1].mean((0, 1)), full.mean((0, 1)), atol=1e-4)
-    handle.remove()
-    masked_error = float((plain - full).pow(2).mean())
-    assert errors["least_squares"] < errors["mean_fold"] < masked_error
+    full, plain, recovered = _consumer_outputs(prepared, "vit", layers, x, keep, consumer)
+    errors = {method: _error(out, full) for method, out in recovered.items()}
+    assert errors["least_squares"] < errors["mean_fold"] < _error(plain, full)
+    # Mean fold restores the consumer's mean output over every token of every sample.
+    assert not torch.allclose(plain.mean((0, 1)), full.mean((0, 1)), atol=1e-3)
+    assert torch.allclose(recovered["mean_fold"].mean((0, 1)), full.mean((0, 1)), atol=1e-4)
 
 
 def test_least_squares_refits_swin_mlps_and_the_removed_model_equals_it() -> None:
