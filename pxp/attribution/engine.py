@@ -75,8 +75,12 @@ def backward_signals(
     with capture_outputs(model, layers) as store:
         logits = model(x)
         names = [name for name, t in store.items() if t.requires_grad]
-        found = torch.autograd.grad(
-            logits, [store[name] for name in names], grad_outputs=_one_hot(logits, y), allow_unused=True
+        found = (
+            torch.autograd.grad(
+                logits, [store[name] for name in names], grad_outputs=_one_hot(logits, y), allow_unused=True
+            )
+            if names
+            else ()
         )
     acts = {name: t.detach() for name, t in store.items()}
     received = dict(zip(names, found, strict=True))
