@@ -35,7 +35,7 @@ def capture_outputs(model: nn.Module, layers: list[PrunableLayer]) -> Iterator[d
     def make_hook(name: str) -> Callable:
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             if output.requires_grad:
-                output.retain_grad()
+                output.retain_grad()  # for callers that run their own backward inside the block
             store[name] = output
             return output.clone()
 
@@ -62,15 +62,32 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 def backward_signals(
     model: nn.Module, layers: list[PrunableLayer], x: torch.Tensor, y: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Activations and gradients (relevances, under a composite) at every hook point for one batch."""
+    """Activations and gradients (relevances, under a composite) at every hook point for one batch.
+
+    The backward asks autograd for the gradients at the hook points only
+    (``torch.autograd.grad``), not for ``.grad`` of every leaf: no weight gradients
+    are computed (every conv's backward would otherwise also compute its weight
+    gradient) and nothing below the first hook point runs. The gradients at the hook
+    points are the same tensors, bitwise, as ``backward()`` leaves in their ``.grad``;
+    the model's parameters get no ``.grad``.
+    """
     x = x.detach().requires_grad_(True)
     with capture_outputs(model, layers) as store:
         logits = model(x)
-        logits.backward(gradient=_one_hot(logits, y))
+        names = [name for name, t in store.items() if t.requires_grad]
+        found = (
+            torch.autograd.grad(
+                logits, [store[name] for name in names], grad_outputs=_one_hot(logits, y), allow_unused=True
+            )
+            if names
+            else ()
+        )
     acts = {name: t.detach() for name, t in store.items()}
+    received = dict(zip(names, found, strict=True))
     grads = {}
     for name, t in store.items():
-        grads[name] = t.grad.detach() if t.grad is not None else torch.zeros_like(t)
+        grad = received.get(name)
+        grads[name] = grad.detach() if grad is not None else torch.zeros_like(t)
     return acts, grads
 
 

@@ -15,8 +15,20 @@ from pxp.stages import StageStore, stage_key
 Split = Literal["search", "test"]
 
 
-def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: StageStore) -> CurveResult:
-    """The pruning curve of ``order`` on ``split``; reused from ``store`` when cached."""
+def curve(
+    state: JobState,
+    label: str,
+    order: PruneOrder,
+    split: Split,
+    store: StageStore,
+    known: list[float] | None = None,
+) -> CurveResult:
+    """The pruning curve of ``order`` on ``split``; reused from ``store`` when cached.
+
+    ``known``: the accuracies at ``prune.rates`` of exactly this order on this split
+    with this job's recovery, already measured (the search's complete trial of the
+    chosen configuration); they are used instead of evaluating the curve again.
+    """
     prune = state.spec.prune
     key = stage_key(
         "curve",
@@ -34,21 +46,26 @@ def curve(state: JobState, label: str, order: PruneOrder, split: Split, store: S
         # options hits the job's curve and must come back under the label asked for.
         return CurveResult.model_validate(cached).model_copy(update={"label": label})
     x, y = state.test if split == "test" else state.search
-    # Every method evaluate_curve picks gives the same accuracies (with recovery: those of the
-    # masked, recovered model at each rate), so the cache key does not name the method.
-    with_recovery = recovery(state) if prune.recovery else None
-    plain = with_recovery is None or with_recovery.changes_nothing  # a ViT's recovery is masking
-    planner = state.planner() if state.curve_method == "auto" and plain else None
-    accuracies = evaluate_curve(
-        state.prepared,
-        order,
-        prune.rates,
-        x,
-        y,
-        method=state.curve_method,
-        planner=planner,
-        recovery=with_recovery,
-    )
+    if known is not None:
+        if len(known) != len(prune.rates):
+            raise ValueError(f"{len(known)} known accuracies for {len(prune.rates)} rates")
+        accuracies = list(known)
+    else:
+        # Every method evaluate_curve picks gives the same accuracies (with recovery: those of the
+        # masked, recovered model at each rate), so the cache key does not name the method.
+        with_recovery = recovery(state) if prune.recovery else None
+        plain = with_recovery is None or with_recovery.changes_nothing  # e.g. BN re-estimation on a ViT
+        planner = state.planner() if state.curve_method == "auto" and plain else None
+        accuracies = evaluate_curve(
+            state.prepared,
+            order,
+            prune.rates,
+            x,
+            y,
+            method=state.curve_method,
+            planner=planner,
+            recovery=with_recovery,
+        )
     safe = safe_rate(prune.rates, accuracies, prune.max_accuracy_drop)
     keep = order.keep_masks(safe)
     macs_removed = params_removed = None

@@ -100,10 +100,11 @@ def run(
 
     chosen_label = spec.criteria[0].label
     search_result = None
+    best_computed = None
     artifacts: dict[str, str] = {}
     if spec.search is not None:
         report("search", 0, message="tuning the LRP composite")
-        search_result, best_curve, default_curve, search_artifacts = run_job_search(
+        search_result, best_curve, default_curve, search_artifacts, best_computed = run_job_search(
             state, out_dir, store, report, study_storage, baseline=baseline
         )
         artifacts.update(search_artifacts)
@@ -118,6 +119,11 @@ def run(
         orders[chosen_label] = state.order(best_scores, normalize=search_result.best_normalize_per_layer)
 
     chosen_order = orders[chosen_label]
+    # The search's complete trial of the best configuration measured its order on the search
+    # split; where that is the chosen order (same mask key), its curve is the rate choice's grid.
+    known_search_curve = None
+    if best_computed is not None:
+        known_search_curve = best_computed.curve_for(chosen_order.mask_key())
     rate_refinement = None
     budget_record = None
     if spec.search is not None and spec.search.objective == "budget" and spec.prune.rate is None:
@@ -144,7 +150,7 @@ def run(
         chosen_rate = 0.0
     else:
         # The rate is chosen on the search split, so the test split stays an unbiased report.
-        search_curve = curve(state, chosen_label, chosen_order, "search", store)
+        search_curve = curve(state, chosen_label, chosen_order, "search", store, known=known_search_curve)
         refinement = refined_rate(state, chosen_order, search_curve, store)
         chosen_rate = refinement.refined_rate
         rate_refinement = refinement.as_dict()

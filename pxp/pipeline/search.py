@@ -6,9 +6,10 @@ from pathlib import Path
 
 from pxp.pipeline.curves import curve
 from pxp.pipeline.reporter import Reporter
-from pxp.pipeline.scoring import score
+from pxp.pipeline.scoring import remember, score
 from pxp.pipeline.state import JobState
 from pxp.search import default_storage_url, run_search, search_result, write_search_artifacts
+from pxp.search.runner import ComputedConfig
 from pxp.spec import AttributionSpec, CurveResult, SearchResult
 from pxp.stages import StageStore
 
@@ -21,10 +22,12 @@ def run_job_search(
     study_storage: str | None,
     *,
     baseline: bool = False,
-) -> tuple[SearchResult, CurveResult, CurveResult, dict[str, str]]:
+) -> tuple[SearchResult, CurveResult, CurveResult, dict[str, str], ComputedConfig | None]:
     """Tune LRP on the search split, then measure the best and the default composite on the test split.
 
-    Returns the search record, the optimised and default test curves, and the artifacts written.
+    Returns the search record, the optimised and default test curves, the artifacts
+    written, and what the search computed for the best configuration (its scores and,
+    when its trial completed in this process, its search-split curve) or None.
     """
     spec = state.spec
     assert spec.search is not None
@@ -48,6 +51,11 @@ def run_job_search(
         baseline=baseline,
     )
     artifacts = write_search_artifacts(outcome, out_dir)
+    # The search already ran the relevance passes of both configurations: checkpoint them as
+    # the job's scores, so the stages below read them instead of running the passes again.
+    for role, attribution in (("best", outcome.best), ("default", outcome.default)):
+        if role in outcome.computed:
+            remember(state, attribution, outcome.computed[role].scores, store)
 
     def test_curve(label: str, attribution: AttributionSpec, normalize: bool) -> CurveResult:
         order = state.order(score(state, attribution, store), normalize=normalize)
@@ -56,4 +64,4 @@ def run_job_search(
     best = test_curve("lrp (optimised)", outcome.best, outcome.best_normalize_per_layer)
     default = test_curve("lrp (default)", outcome.default, outcome.default_normalize_per_layer)
     record = search_result(outcome, test_apr_best=best.apr, test_apr_default=default.apr)
-    return record, best, default, artifacts
+    return record, best, default, artifacts, outcome.computed.get("best")

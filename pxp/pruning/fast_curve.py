@@ -246,7 +246,8 @@ def _trace(model: nn.Module, probe: nn.Module, x: torch.Tensor) -> _Stages | Non
 
 
 def _rate_model(prepared: nn.Module, plan: RemovalPlan) -> nn.Module:
-    return cut_copy(prepared, plan.cuts).eval()
+    """The removed model of one rate; it only runs forwards, so it shares the unchanged tensors."""
+    return cut_copy(prepared, plan.cuts, share_unchanged=True).eval()
 
 
 def _family(order: PruneOrder) -> Family:

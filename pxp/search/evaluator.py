@@ -155,6 +155,8 @@ class TrialMeasure:
     nonfinite_scores: int
     #: The same configuration was evaluated before in this process; nothing was recomputed.
     repeated: bool = False
+    #: :meth:`~pxp.pruning.ranking.PruneOrder.mask_key` of the order the curve evaluated.
+    mask_key: tuple[object, ...] | None = None
 
 
 @dataclass
@@ -287,6 +289,19 @@ class TrialEvaluator:
             curve_s=curve_s,
             reused_relevance=reused,
             nonfinite_scores=nonfinite,
+            mask_key=order.mask_key(),
         )
         self._results[key] = measure
         return measure
+
+    def known(self, config: TrialConfig) -> tuple[Scores | None, TrialMeasure | None]:
+        """What this evaluator already computed for ``config``: its scores and its complete curve.
+
+        The scores are those of ``config``'s aggregation as the relevance pass produced
+        them (non-finite values included, as :func:`pxp.attribution.compute_scores`
+        returns them); the measure only when the configuration's curve was evaluated in
+        full here. ``None`` for what was not computed in this process.
+        """
+        by_aggregation = self._scores.get(config.composite.model_dump_json())
+        scores = by_aggregation[config.aggregation] if by_aggregation is not None else None
+        return scores, self._results.get(config.key())

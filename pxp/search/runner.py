@@ -58,6 +58,22 @@ from pxp.spec import AttributionSpec, PruneSpec, SearchSpec
 ProgressCallback = Callable[[int, int, float | None], None]
 
 
+@dataclass(frozen=True)
+class ComputedConfig:
+    """A configuration's relevance scores and, if its trial completed here, its search-split curve."""
+
+    #: The scores of the configuration's aggregation, as :func:`pxp.attribution.compute_scores` returns them.
+    scores: dict[str, torch.Tensor]
+    #: Accuracy per rate of ``prune.rates`` (ascending) on the search split, or None.
+    accuracies: list[float] | None = None
+    #: :meth:`~pxp.pruning.ranking.PruneOrder.mask_key` of the order those accuracies belong to.
+    mask_key: tuple[object, ...] | None = None
+
+    def curve_for(self, mask_key: tuple[object, ...]) -> list[float] | None:
+        """The search-split accuracies, if they were measured on the order with ``mask_key``."""
+        return self.accuracies if self.accuracies is not None and self.mask_key == mask_key else None
+
+
 @dataclass
 class SearchOutcome:
     """The result of a search, all on the search split."""
@@ -84,6 +100,10 @@ class SearchOutcome:
     requeued_trials: list[int] = field(default_factory=list)
     #: The search ended on the plateau rule before its trial budget.
     stopped_on_plateau: bool = False
+    #: What this process computed for the ``"best"`` and ``"default"`` configurations (not
+    #: serialised): the job reuses their relevance scores and the best one's search-split
+    #: curve instead of computing them again.
+    computed: dict[str, ComputedConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -320,10 +340,39 @@ def run_search(
     outcome = _outcome(
         study, space, base, url, fingerprint, search_sha, reference_sha, requeued, spec, get_evaluator
     )
+    if evaluator is not None:
+        outcome.computed = _computed(evaluator, space, outcome, prune)
     outcome.stopped_on_plateau = (
         plateau is not None and _since_best(study) >= plateau and studies.count_finished(study) < spec.trials
     )
     return outcome
+
+
+def _computed(
+    evaluator: TrialEvaluator, space: SearchSpace, outcome: SearchOutcome, prune: PruneSpec
+) -> dict[str, ComputedConfig]:
+    """The evaluator's scores and curves of the outcome's best and default configurations."""
+    rates = sorted(prune.rates)
+    # A curve is the job's only if the trials evaluated what the job's curves evaluate: recovered
+    # exactly when the job recovers (the old path's trials score plain masks whatever the job does).
+    recovering = evaluator.recovery is not None and evaluator.recovery.enabled
+    same_evaluation = recovering == bool(prune.recovery) and list(prune.rates) == rates
+    found: dict[str, ComputedConfig] = {}
+    for role, attribution, normalize in (
+        ("best", outcome.best, outcome.best_normalize_per_layer),
+        ("default", outcome.default, outcome.default_normalize_per_layer),
+    ):
+        config = TrialConfig(attribution.effective_composite(), attribution.aggregation, normalize)
+        scores, measure = evaluator.known(space.normalise(config))
+        if scores is None:
+            continue
+        accuracies = None
+        if same_evaluation and measure is not None and set(measure.accuracies) == set(rates):
+            accuracies = [measure.accuracies[r] for r in rates]
+        found[role] = ComputedConfig(
+            scores=scores, accuracies=accuracies, mask_key=measure.mask_key if measure else None
+        )
+    return found
 
 
 def _job_recovery(

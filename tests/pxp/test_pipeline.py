@@ -382,3 +382,53 @@ def test_vit_curve_with_bn_reestimation_is_the_fast_sweep(tmp_path: Path) -> Non
     result = curve(state, "random", order, "test", StageStore(tmp_path))
     assert state._planned and state._planner is not None  # built for the fast sweep, not skipped
     assert result.accuracies == masked_curve(state.prepared, order, RATES, *state.test)
+
+
+def test_a_search_job_reuses_the_searchs_relevance_and_search_split_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the search, the best and default composites are not scored again, nor the best one's
+    search-split curve evaluated again: the search computed them. The rate is chosen from the
+    same numbers a fresh computation gives."""
+    from pxp.attribution import ScoringContext, compute_scores
+    from pxp.pipeline import curves, scoring
+    from pxp.pruning.curve import masked_curve, safe_rate
+    from pxp.spec import SearchSpec
+
+    spec = _spec(criteria=[AttributionSpec(criterion="lrp")], search=SearchSpec(trials=4, seed=0))
+    state = pipeline.build_state(spec, pipeline.silent())
+    calls = {"scores": 0, "search curve": 0}
+    original_scores, original_curve = scoring.compute_scores, curves.evaluate_curve
+
+    def counting_scores(*a, **k):  # type: ignore[no-untyped-def]
+        calls["scores"] += 1
+        return original_scores(*a, **k)
+
+    def counting_curve(model, order, rates, x, *a, **k):  # type: ignore[no-untyped-def]
+        if torch.equal(x, state.search[0]):
+            calls["search curve"] += 1
+        return original_curve(model, order, rates, x, *a, **k)
+
+    monkeypatch.setattr(scoring, "compute_scores", counting_scores)
+    monkeypatch.setattr(curves, "evaluate_curve", counting_curve)
+    result = pipeline.run(spec, tmp_path)
+    assert result.search is not None
+    # One relevance pass in the job itself: the criterion's, before the search.
+    assert calls == {"scores": 1, "search curve": 0}
+
+    # The reused numbers are the ones a fresh computation gives.
+    monkeypatch.undo()
+    best = AttributionSpec(
+        criterion="lrp", composite=result.search.best_composite, aggregation=result.search.best_aggregation
+    )
+    scores = compute_scores(
+        ScoringContext(state.prepared, state.family, state.layers, *state.reference), best
+    )
+    order = state.order(scores, normalize=result.search.best_normalize_per_layer)
+    search_curve = masked_curve(state.prepared, order, RATES, *state.search)
+    assert result.rate_refinement is not None
+    assert result.rate_refinement["grid_safe_rate"] == safe_rate(
+        RATES, search_curve, spec.prune.max_accuracy_drop
+    )
+    chosen = next(c for c in result.curves if c.label == result.chosen_label and c.split == "test")
+    assert chosen.accuracies == masked_curve(state.prepared, order, RATES, *state.test)

@@ -265,3 +265,32 @@ def test_imagenet_cnn_removal_equals_masking(name: str, tmp_path: Path) -> None:
     )
     with torch.no_grad():
         assert torch.equal(load_compressed(tmp_path)(x), got)
+
+
+def test_a_shared_cut_copy_reuses_only_the_unchanged_tensors_and_computes_the_same() -> None:
+    """``share_unchanged`` (the fast sweep's per-rate models) copies no tensor the cuts leave alone."""
+    from pxp.pruning.removal.plan import cut_copy
+
+    torch.manual_seed(0)
+    prepared = prepare_model(randomize(digits_resnet18(base_width=8, layers=(1, 1, 1, 1))), "cnn")
+    layers = find_layers(prepared, "cnn")
+    # Prune only the last stage, so everything before it is unchanged.
+    scores = {la.name: torch.rand(la.size) + (0.0 if la.name.startswith("layer4") else 10.0) for la in layers}
+    keep = rank(layers, scores).keep_masks(0.1)
+    before = {k: v.clone() for k, v in prepared.state_dict().items()}
+    plan = removal_planner(prepared, "cnn", layers, torch.randn(1, 1, 16, 16)).plan(keep)
+    shared = cut_copy(prepared, plan.cuts, share_unchanged=True).eval()
+    private = cut_copy(prepared, plan.cuts).eval()
+    original = dict(prepared.named_parameters())
+    for name, t in shared.named_parameters():
+        module = name.rpartition(".")[0]
+        if module in plan.cuts:
+            assert t.data_ptr() != original[name].data_ptr(), name
+        else:
+            assert t.data_ptr() == original[name].data_ptr(), name
+    assert any(name.rpartition(".")[0] not in plan.cuts for name, _ in shared.named_parameters())
+    assert all(t.data_ptr() != original[n].data_ptr() for n, t in private.named_parameters())
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(shared(x), private(x))
+    assert all(torch.equal(v, before[k]) for k, v in prepared.state_dict().items())

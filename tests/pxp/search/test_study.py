@@ -32,6 +32,21 @@ def test_default_storage_is_sqlite_beside_the_outputs(tmp_path: Path) -> None:
     assert study.user_attrs[FINGERPRINT_ATTR] == "fp"
 
 
+def test_the_default_sqlite_study_commits_through_a_write_ahead_log(tmp_path: Path) -> None:
+    """WAL makes each of the search's many small commits one log sync instead of journal + file syncs."""
+    import sqlite3
+
+    url = default_storage_url(tmp_path)
+    study, _ = _open(url)
+    study.enqueue_trial({"x": 1.0})
+    with sqlite3.connect(tmp_path / "search_study.db") as connection:
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    # The study is still readable by a fresh storage (the log is part of the database).
+    again, _ = _open(url)
+    assert len(again.get_trials(deepcopy=False)) == 1
+
+
 def test_redact_url_hides_the_password_only() -> None:
     assert redact_url("postgresql://pxp:s3cret@db:5432/optuna") == "postgresql://pxp:***@db:5432/optuna"
     assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
