@@ -16,12 +16,14 @@ cap only ever lowers the requested batch size; scores are sums over samples, so
 they do not depend on it beyond float rounding.
 
 On a CPU the estimate is also held within :data:`CPU_BATCH_BYTES`, because a
-bigger LRP batch is *slower* per image there, not faster: its working set leaves
-the caches. ``bench/attribution_speed.py --memory --models resnet50 --threads 1``
-(224×224, random weights, 20 images, 1 thread) scored 0.67, 0.69, 0.52 and 0.43
-images/s at batches 1, 2, 4 and 8, and 0.38 at the 15–20 that half the free memory
-allowed. On a CUDA device a bigger batch is what makes it fast, so only the free
-memory bounds it there.
+bigger LRP batch is not faster per image there, only bigger: a conv at 224×224
+already fills the core with one sample. ``bench/attribution_speed.py --memory
+--models resnet50 vit_b_16 --threads 1`` (224×224, random weights, 16 images,
+1 thread, load about 2) scored resnet50 at 1.01, 1.15, 1.18 and 1.09 images/s at
+batches 1, 2, 4 and 8 while peak RSS grew by about 513 MB per sample; the capped
+batch (2) scored 1.16 images/s at 2.7 GB peak RSS, where batch 8 peaked at 5.9 GB.
+On a CUDA device a bigger batch is what makes it fast, so only the free memory
+bounds it there.
 """
 
 from __future__ import annotations
