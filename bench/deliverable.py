@@ -45,7 +45,7 @@ from pxp.pruning.curve import accuracy
 from pxp.pruning.hardware import resolve_round_to
 from pxp.pruning.latency import measure_latency
 from pxp.pruning.ranking import PruneOrder, rank
-from pxp.pruning.recovery import Recovery
+from pxp.pruning.recovery import Recovery, compress_recovery
 from pxp.pruning.removal import remove_pruned
 from pxp.spec import AttributionSpec, ModelSpec, SplitSpec
 
@@ -98,7 +98,7 @@ def cnn_methods(beta: float) -> list[Method]:
         Method("uncoupled + least_squares", ("least_squares", "bn_reestimate"), beta=beta, refine=True),
         Method(
             "+ round_to (pxp compress default)",
-            ("least_squares", "bn_reestimate"),
+            tuple(compress_recovery(heads=False)),
             coupled=True,
             beta=beta,
             refine=True,
@@ -118,9 +118,9 @@ def cnn_methods(beta: float) -> list[Method]:
 def vit_methods(kind: str) -> list[Method]:
     # BN re-estimation, coupling and β do nothing on a ViT (LayerNorm; heads / neurons cost the same per
     # block), but the default row keeps them so that it is exactly what ``pxp compress`` runs: least squares
-    # + BN on neurons, no recovery on heads (``pxp.cli._recovery``). Least squares refits out_proj (heads)
+    # + BN on neurons, no recovery on heads (``compress_recovery``, as the CLI). Least squares refits out_proj (heads)
     # / fc2 (neurons); mean fold their biases. Rounding applies to neurons only (heads are never rounded).
-    default = ("least_squares", "bn_reestimate") if kind != "heads" else ()
+    default = tuple(compress_recovery(heads=kind == "heads"))
     return [
         Method("paper (grid rate)"),
         Method("+ refined rate", refine=True),

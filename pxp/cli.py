@@ -151,20 +151,12 @@ def _round_to(value: str) -> int | str:
     return number
 
 
-#: ``pxp compress``'s recovery unless ``--recovery`` is given (see :func:`_recovery`).
-DEFAULT_RECOVERY = ("least_squares", "bn_reestimate")
-
-
 def _recovery(args: argparse.Namespace) -> list[str]:
-    """``--recovery``, or the measured default: least squares + BN, none on ViT attention heads.
-
-    On the digits ViT, refitting ``out_proj`` from the remaining heads lowered the safe
-    rate on every split seed (docs/deliverable.md), while refitting ``fc2`` from the
-    remaining MLP neurons doubled it; BN re-estimation has nothing to do on a ViT.
-    """
+    """``--recovery``, or the measured default (:func:`pxp.pruning.recovery.compress_recovery`)."""
     if args.recovery is not None:
         return list(args.recovery.split(","))
     from pxp.models import prunes_heads_by_default
+    from pxp.pruning.recovery import compress_recovery
 
     heads = args.components == "heads"
     if args.components is None:
@@ -172,7 +164,7 @@ def _recovery(args: argparse.Namespace) -> list[str]:
             heads = prunes_heads_by_default(args.model)
         except UserError:
             heads = False  # the job reports the unknown architecture itself
-    return [] if heads else list(DEFAULT_RECOVERY)
+    return compress_recovery(heads)
 
 
 def build_spec(args: argparse.Namespace) -> Any:
